@@ -1,0 +1,452 @@
+"""Lightning callback for Dynamic Bad Pair Mining, usable with any ``LightningModule``.
+
+The contract with the module is small. Its ``training_step`` computes one raw loss per pair,
+asks the callback for weights before reducing, and returns the raw losses and the dataset
+indices; the callback records them in ``on_train_batch_end`` and folds the epoch in
+``on_train_epoch_end``:
+
+    >>> import lightning as L
+    >>> import torch
+    >>> from fairvlm_lightning.callbacks import DynamicBadPairMining, find_bad_pair_mining
+    >>> class Regressor(L.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.net = torch.nn.Linear(4, 1)
+    ...
+    ...     def training_step(self, batch, batch_idx):
+    ...         losses = (self.net(batch["x"]).squeeze(-1) - batch["y"]) ** 2  # (B,) raw
+    ...         dbpm = find_bad_pair_mining(self.trainer)
+    ...         weights = dbpm.pair_weights(batch["index"], losses) if dbpm else 1.0
+    ...         loss = (weights * losses).mean()
+    ...         return {"loss": loss, "pair_losses": losses.detach(), "index": batch["index"]}
+    ...
+    ...     def configure_optimizers(self):
+    ...         return torch.optim.SGD(self.parameters(), lr=0.05)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(64, 4, generator=g)
+    >>> y = x.sum(1) + 0.1 * torch.randn(64, generator=g)
+    >>> y[:2] += 30.0  # two mismatched pairs
+    >>> data = [{"x": x[i], "y": y[i], "index": i} for i in range(64)]
+    >>> dbpm = DynamicBadPairMining(warmup_epochs=1)  # num_pairs = len(dataset)
+    >>> trainer = L.Trainer(max_epochs=2, callbacks=[dbpm], logger=False,
+    ...                     enable_checkpointing=False, enable_progress_bar=False,
+    ...                     enable_model_summary=False)
+    >>> trainer.fit(Regressor(), torch.utils.data.DataLoader(data, batch_size=16))
+    >>> dbpm.miner.faulty_mask.nonzero().flatten().tolist()
+    [0, 1]
+
+Resuming is exact when the training loader's order is a function of ``(seed, epoch)``: a sampler
+with ``set_epoch`` (``fairvlm_lightning.data.EpochShuffleSampler``, or ``DistributedSampler``
+under DDP). A loader with ``shuffle=True`` draws its order from the global RNG, which Lightning
+does not checkpoint, so after a resume pairs are seen in another order than in an uninterrupted
+run (history and flags still mean the same, but the run is no longer bit-identical).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from fairvlm_lightning.mining import (
+    FAULTY,
+    NOISY,
+    BadPairMiner,
+    Weighting,
+    _dist_rank_world,
+    validate_hparams,
+)
+
+__all__ = ["DynamicBadPairMining", "find_bad_pair_mining"]
+
+_STATE_VERSION = 1
+_FLAG_NAMES = {NOISY: "noisy", FAULTY: "faulty"}
+
+
+class DynamicBadPairMining(Callback):
+    """Dynamic Bad Pair Mining for any ``Trainer``: records per-pair losses, flags bad pairs.
+
+    The module's ``training_step`` must (1) call :meth:`pair_weights` (the module can find the
+    callback with :func:`find_bad_pair_mining`) and multiply its (B,) raw per-pair losses by the
+    weights before reducing, and (2) return ``{"loss": ..., "pair_losses": <(B,) raw losses,
+    detached>, "index": batch["index"]}`` (``index`` may be omitted when the batch is a mapping
+    with an ``"index"`` entry). Returning ``None`` skips the batch, as in Lightning. See the
+    module docstring for a complete 15-line example.
+
+    Each epoch the callback logs (``prefix`` ``"dbpm"``): ``dbpm/mu``, ``dbpm/sigma``,
+    ``dbpm/threshold_noisy``, ``dbpm/threshold_faulty``, ``dbpm/num_noisy``,
+    ``dbpm/num_faulty``, ``dbpm/num_with_history``, ``dbpm/num_nonfinite``, and for each key
+    ``a`` in ``group_keys`` and each group ``g`` among the pairs with history
+    ``dbpm/{a}/flagged_count_group_{g}`` and ``dbpm/{a}/flagged_rate_group_{g}`` (flagged
+    pairs of the group / pairs of the group with history; ``g`` is ``unknown`` for -1). These
+    are the flags for the *next* epoch. To know each pair's group the callback stores, per key,
+    the last value seen in a batch: one int8 per pair (values must lie in [-1, 127]).
+
+    With ``export_dir``, rank 0 writes ``dbpm_flagged_epoch_{e:04d}.csv`` after epoch ``e``:
+    one row per flagged pair with ``index``, ``history_mean``, ``num_epochs``, ``flag``
+    (``noisy``/``faulty``) and one column per group key.
+
+    Distributed: the current-epoch sums of all ranks are added before the flags are computed and
+    before the state is checkpointed, so every rank uses the same flags (only rank 0 writes).
+    Gradient accumulation needs nothing special (every batch is recorded); with
+    ``limit_train_batches`` the pairs never seen keep no history and are never flagged.
+
+    Args:
+        num_pairs: size of the training set; default ``len(trainer.train_dataloader.dataset)``.
+        warmup_epochs: see :class:`~fairvlm_lightning.mining.BadPairMiner`.
+        beta_noisy: see :class:`~fairvlm_lightning.mining.BadPairMiner`.
+        beta_faulty: see :class:`~fairvlm_lightning.mining.BadPairMiner`.
+        weighting: ``"gaussian_pdf"`` (paper), ``"gaussian"`` or ``"zero"``.
+        group_keys: batch entries (e.g. ``("race", "gender")``) whose flagged count and rate
+            per group are logged and exported.
+        export_dir: folder for the per-epoch CSV of flagged pairs (``None``: no export).
+        prefix: prefix of the logged metric names.
+    """
+
+    def __init__(
+        self,
+        num_pairs: int | None = None,
+        *,
+        warmup_epochs: int = 1,
+        beta_noisy: float = 3.0,
+        beta_faulty: float = 3.0,
+        weighting: Weighting = "gaussian_pdf",
+        group_keys: Sequence[str] = (),
+        export_dir: str | os.PathLike[str] | None = None,
+        prefix: str = "dbpm",
+    ) -> None:
+        super().__init__()
+        validate_hparams(num_pairs, warmup_epochs, beta_noisy, beta_faulty, weighting)
+        if isinstance(group_keys, str):
+            group_keys = (group_keys,)
+        group_keys = tuple(group_keys)
+        for key in group_keys:
+            if not isinstance(key, str):
+                raise TypeError(f"group_keys must be strings, got {key!r}")
+        if len(set(group_keys)) != len(group_keys):
+            raise ValueError(f"group_keys has duplicates: {group_keys}")
+        self.num_pairs = num_pairs
+        self.warmup_epochs = warmup_epochs
+        self.beta_noisy = beta_noisy
+        self.beta_faulty = beta_faulty
+        self.weighting = weighting
+        self.group_keys = group_keys
+        self.export_dir = Path(export_dir) if export_dir is not None else None
+        self.prefix = prefix
+        self.miner: BadPairMiner | None = None
+        self.group_values: dict[str, Tensor] = {}
+        self.last_metrics: dict[str, float] = {}
+        self._pending_state: dict[str, Any] | None = None
+        self._last_folded_epoch = -1
+        self._recorded_epoch = -1
+
+    # ------------------------------------------------------------------ miner construction
+    def _build(self, num_pairs: int, device: torch.device | str = "cpu") -> None:
+        self.miner = BadPairMiner(
+            num_pairs,
+            warmup_epochs=self.warmup_epochs,
+            beta_noisy=self.beta_noisy,
+            beta_faulty=self.beta_faulty,
+            weighting=self.weighting,
+            device=device,
+        )
+        self.group_values = {
+            key: torch.full((num_pairs,), -1, dtype=torch.int8, device=device)
+            for key in self.group_keys
+        }
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self._apply_state(state)
+
+    def _infer_num_pairs(self, trainer: pl.Trainer) -> int:
+        loader = trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        try:
+            return len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            if self._pending_state is not None:
+                return int(self._pending_state["miner"]["num_pairs"])
+            raise ValueError(
+                "DynamicBadPairMining could not infer num_pairs: the training loader "
+                f"({type(loader).__name__}) has no dataset with a length; pass "
+                "DynamicBadPairMining(num_pairs=<size of the training set>)"
+            ) from None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Build the miner when ``num_pairs`` is given (so a checkpoint can be applied at once)."""
+        if stage == "fit" and self.miner is None and self.num_pairs is not None:
+            self._build(self.num_pairs)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Build the miner from the dataset length if needed; move it to the module's device."""
+        if self.miner is None:
+            self._build(self._infer_num_pairs(trainer))
+        assert self.miner is not None
+        resuming = getattr(trainer, "ckpt_path", None) is not None
+        if not resuming and self._last_folded_epoch >= trainer.current_epoch:
+            # the callback is reused by a new fit that did not resume: its epochs count anew
+            self._last_folded_epoch = trainer.current_epoch - 1
+            self._recorded_epoch = min(self._recorded_epoch, self._last_folded_epoch)
+        device = pl_module.device
+        self.miner.to(device)
+        self.group_values = {k: v.to(device) for k, v in self.group_values.items()}
+
+    # ------------------------------------------------------------------ module-facing API
+    def pair_weights(self, index: Tensor, losses: Tensor) -> Tensor:
+        """(B,) detached weights for this step's raw per-pair ``losses`` (1 for unflagged).
+
+        Before the miner exists (nothing recorded yet) every weight is 1.
+        """
+        if self.miner is None:
+            if not isinstance(losses, Tensor) or not losses.is_floating_point():
+                raise TypeError("pair_weights: losses must be a floating-point torch.Tensor")
+            return torch.ones_like(losses.detach())
+        return self.miner.weights(index, losses)
+
+    # ------------------------------------------------------------------ recording
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Record the step's raw per-pair losses (and group values) by dataset index."""
+        if outputs is None:
+            return
+        if not isinstance(outputs, Mapping):
+            raise ValueError(
+                "DynamicBadPairMining: training_step must return a dict with 'loss', "
+                "'pair_losses' (the (B,) raw per-pair losses, detached) and 'index'; got "
+                f"{type(outputs).__name__}"
+            )
+        losses = outputs.get("pair_losses")
+        if losses is None:
+            if outputs.get("loss") is None:  # the step was skipped
+                return
+            raise ValueError(
+                "DynamicBadPairMining: training_step output lacks 'pair_losses' (the (B,) raw "
+                f"per-pair losses, detached); got keys {sorted(outputs)}"
+            )
+        index = outputs.get("index")
+        if index is None:
+            if isinstance(batch, Mapping) and "index" in batch:
+                index = batch["index"]
+            else:
+                raise ValueError(
+                    "DynamicBadPairMining: neither the training_step output nor the batch has "
+                    "an 'index' entry (the (B,) dataset index of each pair)"
+                )
+        if not isinstance(index, Tensor):
+            raise TypeError(
+                f"DynamicBadPairMining: 'index' must be a (B,) integer tensor, got "
+                f"{type(index).__name__}"
+            )
+        assert self.miner is not None, "on_train_start builds the miner"
+        groups = {key: self._check_group(key, index, batch) for key in self.group_keys}
+        self.miner.record(index, losses)  # validates index and losses before writing
+        for key, values in groups.items():
+            target = self.group_values[key]
+            target[index.to(target.device, torch.long)] = values.to(target.device, torch.int8)
+        self._recorded_epoch = trainer.current_epoch
+
+    def _check_group(self, key: str, index: Tensor, batch: Any) -> Tensor:
+        if not isinstance(batch, Mapping) or key not in batch:
+            raise ValueError(f"DynamicBadPairMining: group key {key!r} is not in the batch")
+        values = batch[key]
+        shape = tuple(index.shape)
+        if not isinstance(values, Tensor) or tuple(values.shape) != shape:
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(
+                f"DynamicBadPairMining: batch[{key!r}] must be a tensor of shape {shape} like "
+                f"index, got {got}"
+            )
+        if values.is_floating_point() or values.dtype == torch.bool:
+            raise ValueError(f"batch[{key!r}] must hold integer group ids, got {values.dtype}")
+        if values.numel():
+            lo, hi = (int(v) for v in torch.aminmax(values))
+            if lo < -1 or hi > 127:
+                raise ValueError(
+                    f"DynamicBadPairMining: batch[{key!r}] values must lie in [-1, 127] "
+                    f"(-1 = unknown), got [{lo}, {hi}]"
+                )
+        return values
+
+    # ------------------------------------------------------------------ epoch boundaries
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fold a recorded epoch whose end was checkpointed before it was folded (resume)."""
+        if (
+            self.miner is not None
+            and self._last_folded_epoch < self._recorded_epoch < trainer.current_epoch
+        ):
+            self._fold(trainer, pl_module, self._recorded_epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Sum the epoch over ranks, update history, flags and logs, export flagged pairs."""
+        if self.miner is not None and self._last_folded_epoch < trainer.current_epoch:
+            self._fold(trainer, pl_module, trainer.current_epoch)
+
+    def _fold(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        assert self.miner is not None
+        self.miner.end_epoch()
+        self._sync_groups()
+        self._last_folded_epoch = epoch
+        self.last_metrics = self.epoch_metrics()
+        pl_module.log_dict(
+            self.last_metrics, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max"
+        )
+        if self.export_dir is not None and trainer.is_global_zero:
+            self.export_flagged(self.export_dir / f"dbpm_flagged_epoch_{epoch:04d}.csv")
+
+    def _sync_groups(self) -> None:
+        _, world = _dist_rank_world()
+        if world > 1:
+            for values in self.group_values.values():
+                dist.all_reduce(values, op=dist.ReduceOp.MAX)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """The numbers logged after an epoch (see the class docstring for the names)."""
+        if self.miner is None:
+            return {}
+        s = self.miner.summary()
+        p = self.prefix
+        out = {
+            f"{p}/{name}": float(s[name])
+            for name in (
+                "mu",
+                "sigma",
+                "threshold_noisy",
+                "threshold_faulty",
+                "num_noisy",
+                "num_faulty",
+                "num_with_history",
+                "num_nonfinite",
+            )
+        }
+        has = self.miner.has_history
+        flagged = self.miner.flagged_mask & has
+        for key, values in self.group_values.items():
+            shifted = values.long() + 1  # -1 (unknown) -> bin 0
+            total = torch.bincount(shifted[has], minlength=129).tolist()
+            bad = torch.bincount(shifted[flagged], minlength=129).tolist()
+            for b, (n_total, n_bad) in enumerate(zip(total, bad, strict=True)):
+                if n_total == 0:
+                    continue
+                g = "unknown" if b == 0 else str(b - 1)
+                out[f"{p}/{key}/flagged_count_group_{g}"] = float(n_bad)
+                out[f"{p}/{key}/flagged_rate_group_{g}"] = n_bad / n_total
+        return out
+
+    def export_flagged(self, path: str | os.PathLike[str]) -> Path:
+        """Write the currently flagged pairs to a CSV file at ``path`` and return the path.
+
+        Columns: ``index``, ``history_mean``, ``num_epochs``, ``flag`` (``noisy``/``faulty``)
+        and one column per group key (-1 = unknown).
+        """
+        if self.miner is None:
+            raise RuntimeError("DynamicBadPairMining.export_flagged: the miner is not built yet")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        idx = self.miner.flagged_mask.nonzero().flatten()
+        columns = {
+            "index": idx.tolist(),
+            "history_mean": self.miner.history_mean[idx].tolist(),
+            "num_epochs": self.miner.history_count[idx].tolist(),
+            "flag": [_FLAG_NAMES[c] for c in self.miner.flags[idx].tolist()],
+        }
+        for key, values in self.group_values.items():
+            columns[key] = values[idx].tolist()
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(list(columns))
+            writer.writerows(zip(*columns.values(), strict=True))
+        return path
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and Python numbers only (``torch.load(..., weights_only=True)`` works).
+
+        Under DDP this all-reduces the current-epoch sums first, so it must run on every rank
+        (Lightning's ``Trainer.save_checkpoint`` does that; only rank 0 writes the file).
+        """
+        if self.miner is None:
+            return dict(self._pending_state) if self._pending_state is not None else {}
+        self.miner.sync()
+        self._sync_groups()
+        return {
+            "version": _STATE_VERSION,
+            "miner": self.miner.state_dict(),
+            "group_values": {
+                k: v.detach().to("cpu", copy=True) for k, v in self.group_values.items()
+            },
+            "last_folded_epoch": self._last_folded_epoch,
+            "recorded_epoch": self._recorded_epoch,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, now or, if the miner is not built yet, when it is."""
+        if not state_dict:
+            return
+        if not isinstance(state_dict, Mapping) or "miner" not in state_dict:
+            raise ValueError(
+                "DynamicBadPairMining state must be a mapping with a 'miner' entry, got "
+                f"{sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict)}"
+            )
+        if self.miner is None:
+            self._pending_state = dict(state_dict)
+        else:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        assert self.miner is not None
+        self.miner.load_state_dict(state["miner"])
+        for key, values in state.get("group_values", {}).items():
+            if key not in self.group_values:
+                continue
+            target = self.group_values[key]
+            if not isinstance(values, Tensor) or values.shape != target.shape:
+                raise ValueError(
+                    f"DynamicBadPairMining state: group_values[{key!r}] must have shape "
+                    f"{tuple(target.shape)}"
+                )
+            target.copy_(values)
+        self._last_folded_epoch = int(state.get("last_folded_epoch", -1))
+        self._recorded_epoch = int(state.get("recorded_epoch", -1))
+
+
+def find_bad_pair_mining(
+    trainer: pl.Trainer | pl.LightningModule | None,
+) -> DynamicBadPairMining | None:
+    """The :class:`DynamicBadPairMining` callback of ``trainer``, or ``None`` if it has none.
+
+    ``trainer`` may also be a ``LightningModule`` (its trainer is looked up without raising when
+    it is not attached, so ``training_step`` also runs outside ``Trainer.fit``) or ``None``.
+
+    Raises:
+        ValueError: if the trainer has more than one such callback.
+
+    Example:
+        >>> import lightning as L
+        >>> cb = DynamicBadPairMining(num_pairs=100)
+        >>> find_bad_pair_mining(L.Trainer(callbacks=[cb], logger=False)) is cb
+        True
+        >>> find_bad_pair_mining(L.LightningModule()) is None  # not attached to a trainer
+        True
+    """
+    if isinstance(trainer, pl.LightningModule):
+        trainer = trainer._trainer
+    if trainer is None:
+        return None
+    found = [cb for cb in getattr(trainer, "callbacks", ()) if isinstance(cb, DynamicBadPairMining)]
+    if len(found) > 1:
+        raise ValueError(f"the trainer has {len(found)} DynamicBadPairMining callbacks; use one")
+    return found[0] if found else None
