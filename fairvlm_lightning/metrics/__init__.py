@@ -1,0 +1,24 @@
+"""Fairness metrics of the FairVLMed paper as torchmetrics metrics (binary task).
+
+Scores are ``P(y = 1)``; groups are ids ``0 .. num_groups - 1`` of one protected attribute, with
+``ignore_index`` (default -1) for an unknown member. Every class declares how its states are
+reduced across processes, so results under DDP equal a single process, and accumulating over
+batches equals one call on the concatenated data. Functional twins live in
+:mod:`fairvlm_lightning.metrics.functional`.
+"""
+
+from fairvlm_lightning.metrics import functional
+from fairvlm_lightning.metrics.auroc import GroupAUROC
+from fairvlm_lightning.metrics.equity import EquityScaledAccuracy, EquityScaledAUROC
+from fairvlm_lightning.metrics.parity import DemographicParityDifference, EqualizedOddsDifference
+from fairvlm_lightning.metrics.report import FairnessMetrics
+
+__all__ = [
+    "DemographicParityDifference",
+    "EqualizedOddsDifference",
+    "EquityScaledAUROC",
+    "EquityScaledAccuracy",
+    "FairnessMetrics",
+    "GroupAUROC",
+    "functional",
+]

@@ -1,0 +1,145 @@
+"""Per-group AUROC as a torchmetrics metric."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fairvlm_lightning.metrics._base import _SampleMetric
+from fairvlm_lightning.metrics.functional.auroc import (
+    _group_auroc_arg_validation,
+    _group_auroc_compute,
+    _group_auroc_format,
+    _group_auroc_tensor_validation,
+)
+
+__all__ = ["GroupAUROC"]
+
+
+class GroupAUROC(_SampleMetric):
+    """ROC AUC within each group of a protected attribute, accumulated over batches.
+
+    Entry ``g`` of :meth:`compute` is ``roc_auc_score`` of the samples whose group id is ``g``
+    (groups are addressed by id: a batch holding only group 2 updates group 2). Samples with
+    group ``ignore_index`` belong to no group. A group lacking positives or negatives gets NaN.
+    All samples are kept (exact AUROC, ties as scikit-learn) and concatenated across processes;
+    the group AUCs then share one sort of the scores.
+
+    Args:
+        num_groups: number of groups G (at least 2).
+        ignore_index: group id marking an unknown member (must not be a valid id).
+        validate_args: check shapes, dtypes and value ranges in ``update`` (costs a device sync;
+            constructor arguments are always checked).
+        kwargs: forwarded to :class:`torchmetrics.Metric` (``compute_on_cpu``,
+            ``dist_sync_on_step``, ``process_group``, ``sync_on_compute``, ...).
+
+    Example:
+        >>> import torch
+        >>> metric = GroupAUROC(num_groups=3)
+        >>> metric.update(torch.tensor([0.2, 0.7]), torch.tensor([0, 1]), torch.tensor([0, 0]))
+        >>> metric.update(torch.tensor([0.6, 0.3]), torch.tensor([1, 0]), torch.tensor([2, 2]))
+        >>> metric.compute()
+        tensor([1., nan, 1.], dtype=torch.float64)
+    """
+
+    higher_is_better = True
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
+
+    def __init__(
+        self, num_groups: int, *, ignore_index: int = -1, validate_args: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        _group_auroc_arg_validation(num_groups, ignore_index)
+        self.num_groups = num_groups
+        self.ignore_index = ignore_index
+        self.validate_args = validate_args
+
+    def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
+        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape."""
+        if self.validate_args:
+            _group_auroc_tensor_validation(
+                preds, target, groups, self.num_groups, self.ignore_index
+            )
+        self._append(*_group_auroc_format(preds, target, groups, self.ignore_index))
+
+    def compute(self) -> Tensor:
+        """Return the ``(num_groups,)`` float64 tensor of group AUCs (NaN where undefined)."""
+        preds, target, groups = self._samples()
+        return _group_auroc_compute(preds, target, groups, self.num_groups)[1]
+
+    def plot(
+        self,
+        val: Tensor | Sequence[Tensor] | None = None,
+        ax: Any | None = None,
+        *,
+        group_names: Sequence[str] | None = None,
+    ) -> tuple[Any, Any]:
+        """Plot the per-group AUROC, like torchmetrics' ``Metric.plot``.
+
+        A single value (default: :meth:`compute`) is drawn as one bar per group (an undefined
+        group is marked ``n/a``); a sequence of values (e.g. one per epoch) as one line per group.
+
+        Args:
+            val: a ``(num_groups,)`` result or a sequence of them; ``None`` computes the metric.
+            ax: a matplotlib ``Axes`` to draw on; a new figure is created when ``None``.
+            group_names: labels of the groups (default ``"group 0"``, ``"group 1"``, ...).
+
+        Returns:
+            ``(figure, axes)``.
+
+        Raises:
+            ImportError: if matplotlib (an optional dependency) is not installed.
+            ValueError: if ``group_names`` or ``val`` do not have ``num_groups`` entries.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as err:
+            raise ImportError(
+                "GroupAUROC.plot needs matplotlib, an optional dependency: install it with "
+                "`pip install matplotlib` (or `pip install fairvlm-lightning[plot]`)."
+            ) from err
+        names = (
+            list(group_names)
+            if group_names is not None
+            else [f"group {g}" for g in range(self.num_groups)]
+        )
+        if len(names) != self.num_groups:
+            raise ValueError(f"`group_names` must have {self.num_groups} entries, got {len(names)}")
+        val = self.compute() if val is None else val
+        values = (
+            val.detach().reshape(1, -1)
+            if isinstance(val, Tensor)
+            else torch.stack([torch.as_tensor(v).detach().reshape(-1) for v in val])
+        )
+        values = values.to(device="cpu", dtype=torch.float64)
+        if values.shape[1] != self.num_groups:
+            raise ValueError(
+                f"`val` must hold {self.num_groups} group values, got shape {tuple(values.shape)}"
+            )
+        if ax is None:
+            fig, ax = plt.subplots()
+        else:
+            fig = ax.get_figure()
+        if values.shape[0] == 1:
+            heights = values[0]
+            defined = ~torch.isnan(heights)
+            positions = list(range(self.num_groups))
+            ax.bar(positions, torch.nan_to_num(heights, nan=0.0).tolist(), tick_label=names)
+            for x, ok in zip(positions, defined.tolist(), strict=True):
+                if not ok:
+                    ax.text(x, 0.02, "n/a", ha="center", va="bottom")
+            ax.set_xlabel("group")
+        else:
+            steps = list(range(values.shape[0]))
+            for g, name in enumerate(names):
+                ax.plot(steps, values[:, g].tolist(), marker="o", label=name)
+            ax.set_xlabel("step")
+            ax.legend()
+        ax.set_ylim(self.plot_lower_bound, self.plot_upper_bound)
+        ax.set_ylabel("AUROC")
+        ax.set_title(type(self).__name__)
+        return fig, ax

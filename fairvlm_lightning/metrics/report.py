@@ -1,0 +1,100 @@
+"""The full FairVLMed fairness report as one torchmetrics metric."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from fairvlm_lightning.metrics._base import _SampleMetric
+from fairvlm_lightning.metrics.functional.report import (
+    _fairness_metrics_arg_validation,
+    _fairness_metrics_compute,
+    _fairness_metrics_format,
+    _fairness_metrics_tensor_validation,
+)
+
+__all__ = ["FairnessMetrics"]
+
+
+class FairnessMetrics(_SampleMetric):
+    """Every metric of the FairVLMed paper for several protected attributes, from one sort.
+
+    ``compute()`` returns one flat dict of scalar float64 tensors with stable keys, ready for
+    ``LightningModule.log_dict``: ``auc`` and ``acc`` over all samples, and per attribute ``a``
+    ``a/es_auc``, ``a/es_acc``, ``a/auc_group_{g}`` (every ``g < attributes[a]``, NaN if
+    undefined), ``a/dpd``, ``a/deodds`` (fairlearn's rule: an undefined rate counts as 0),
+    ``a/auc_std_disparity`` (population std of the defined group AUCs / AUC) and
+    ``a/auc_max_disparity`` ((max - min) / AUC). See
+    :func:`fairvlm_lightning.metrics.functional.fairness_metrics` for the definitions.
+
+    Samples are kept (scores float64, labels uint8, an ``(N, A)`` int32 matrix of group ids) and
+    concatenated across processes; one sort of the scores then serves every AUC of every
+    attribute.
+
+    Args:
+        attributes: mapping attribute name -> number of groups, e.g. ``{"race": 3, "gender": 2}``.
+        threshold: decision threshold (``preds >= threshold`` is positive) for accuracy, DPD and
+            DEOdds.
+        alpha: weight of the disparity term of ES-AUC / ES-Acc.
+        ignore_index: group id marking an unknown member (counted in ``auc``/``acc`` only).
+        validate_args: check shapes, dtypes, keys and value ranges in ``update`` (costs a device
+            sync; constructor arguments are always checked).
+        kwargs: forwarded to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> import torch
+        >>> metric = FairnessMetrics({"gender": 2, "language": 3})
+        >>> preds = torch.tensor([0.2, 0.7, 0.6, 0.3, 0.4, 0.65])
+        >>> target = torch.tensor([0, 1, 1, 0, 1, 0])
+        >>> groups = {"gender": torch.tensor([0, 0, 0, 1, 1, 1]),
+        ...           "language": torch.tensor([0, 0, 1, 1, 2, 2])}
+        >>> metric.update(preds, target, groups)
+        >>> report = metric.compute()
+        >>> report["auc"], report["gender/es_auc"]
+        (tensor(0.7778, dtype=torch.float64), tensor(0.5185, dtype=torch.float64))
+    """
+
+    higher_is_better = None  # mixed: AUC-like keys up, disparity keys down
+
+    def __init__(
+        self,
+        attributes: Mapping[str, int],
+        *,
+        threshold: float = 0.5,
+        alpha: float = 1.0,
+        ignore_index: int = -1,
+        validate_args: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        _fairness_metrics_arg_validation(attributes, threshold, alpha, ignore_index)
+        super().__init__(group_columns=len(attributes), **kwargs)
+        self.attributes: dict[str, int] = dict(attributes)
+        self.threshold = float(threshold)
+        self.alpha = float(alpha)
+        self.ignore_index = ignore_index
+        self.validate_args = validate_args
+
+    def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor]) -> None:
+        """Add a batch.
+
+        Args:
+            preds: scores ``P(y=1)`` in ``[0, 1]``.
+            target: labels 0/1, same shape.
+            groups: attribute name -> group ids (same shape), exactly the configured attributes.
+        """
+        if self.validate_args:
+            _fairness_metrics_tensor_validation(
+                preds, target, groups, self.attributes, self.ignore_index
+            )
+        self._append(
+            *_fairness_metrics_format(preds, target, groups, self.attributes, self.ignore_index)
+        )
+
+    def compute(self) -> dict[str, Tensor]:
+        """Return the flat dict of scalar float64 tensors described above."""
+        preds, target, groups = self._samples()
+        return _fairness_metrics_compute(
+            preds, target, groups, self.attributes, self.threshold, self.alpha
+        )
