@@ -1,0 +1,298 @@
+"""SinkhornFairnessLoss and the exact 1-D path against closed forms, scipy and GeomLoss itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from geomloss import SamplesLoss
+from scipy.optimize import linprog
+from scipy.stats import wasserstein_distance
+
+from fairvlm_lightning.sinkhorn import (
+    DEFAULT_BLUR,
+    DEFAULT_SCALING,
+    SinkhornFairnessLoss,
+    quantile_transport_cost,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fast_cpu_settings():
+    # GeomLoss on CPU slows down 5-30x on denormal floats, and its many tiny ops slow down
+    # 10-100x when intra-op threads wait on a busy machine; restore torch's settings afterwards.
+    threads = torch.get_num_threads()
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(1)
+    yield
+    torch.set_flush_denormal(False)
+    torch.set_num_threads(threads)
+
+
+def _batch(b: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(b, generator=g).abs() * 0.8 + torch.rand(b, generator=g) * 2.0
+    groups = {
+        "race": torch.randint(-1, 3, (b,), generator=g),
+        "gender": torch.randint(0, 2, (b,), generator=g),
+    }
+    values = values + 0.4 * (groups["race"] == 2)
+    return values, groups
+
+
+def _lp_half_w2(x: np.ndarray, y: np.ndarray) -> float:
+    """min over couplings of sum P_ij (x_i - y_j)^2 / 2, uniform marginals (scipy linprog)."""
+    n, m = len(x), len(y)
+    cost = 0.5 * (x[:, None] - y[None, :]) ** 2
+    a_eq = np.zeros((n + m, n * m))
+    for i in range(n):
+        a_eq[i, i * m:(i + 1) * m] = 1
+    for j in range(m):
+        a_eq[n + j, j::m] = 1
+    b_eq = np.concatenate([np.full(n, 1 / n), np.full(m, 1 / m)])
+    return float(linprog(cost.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None)).fun)
+
+
+# ------------------------------------------------------------------- exact 1-D transport cost
+@pytest.mark.parametrize("c", [0.0, 0.5, -2.0])
+def test_exact_shift_closed_form(c):
+    x = torch.tensor([0.3, -1.0, 2.0, 0.7], dtype=torch.float64)
+    assert quantile_transport_cost(x, x + c).item() == pytest.approx(0.5 * c * c, abs=1e-12)
+    # Unequal sizes: the same measure written with every atom twice, shifted.
+    y = torch.cat([x, x.flip(0)]) + c
+    assert quantile_transport_cost(x, y).item() == pytest.approx(0.5 * c * c, abs=1e-12)
+
+
+@pytest.mark.parametrize("n,m", [(5, 7), (4, 6), (3, 3), (1, 4)])
+def test_exact_matches_linear_program(n, m):
+    g = torch.Generator().manual_seed(n * 10 + m)
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    y = torch.randn(m, generator=g, dtype=torch.float64) + 0.3
+    ref = _lp_half_w2(x.numpy(), y.numpy())
+    assert quantile_transport_cost(x, y).item() == pytest.approx(ref, rel=1e-7, abs=1e-10)
+
+
+def test_exact_p1_matches_scipy_wasserstein():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(13, generator=g, dtype=torch.float64)
+    y = torch.randn(31, generator=g, dtype=torch.float64) * 2
+    ref = wasserstein_distance(x.numpy(), y.numpy())
+    assert quantile_transport_cost(x, y, p=1).item() == pytest.approx(ref, rel=1e-10)
+
+
+def test_exact_gradient_is_correct():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(8, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: quantile_transport_cost(a, b), (x, y))
+
+
+def test_exact_bad_inputs():
+    with pytest.raises(ValueError, match=r"x must be a non-empty 1-D tensor, got shape \(2, 2\)"):
+        quantile_transport_cost(torch.zeros(2, 2), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"y must be a non-empty 1-D tensor, got shape \(0,\)"):
+        quantile_transport_cost(torch.zeros(2), torch.zeros(0))
+    with pytest.raises(ValueError, match="p must be 1 or 2"):
+        quantile_transport_cost(torch.zeros(2), torch.zeros(3), p=3)
+
+
+# --------------------------------------------------------------------------- the module
+def _direct_geomloss(values, groups, blur, scaling, min_size=2):
+    """One plain SamplesLoss call per group: the second code path for the batched solver."""
+    diameter = max((values.max() - values.min()).item(), blur)
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=True,
+                       diameter=diameter)
+    terms = {}
+    for attr, ids in groups.items():
+        for gid in sorted(set(ids.tolist()) - {-1}):
+            mask = ids == gid
+            if int(mask.sum()) >= min_size:
+                terms[f"{attr}/{gid}"] = loss(values[mask].unsqueeze(-1), values.unsqueeze(-1))
+    return terms
+
+
+@pytest.mark.parametrize("blur,scaling", [(1e-2, 0.9), (1e-4, 0.5)])
+def test_batched_geomloss_equals_per_group_calls(blur, scaling):
+    # float64: the batched, padded solve is the same computation as one call per group. (In
+    # float32 the gradients differ by rounding only, which blur=1e-4 amplifies to ~1e-3.)
+    values, groups = _batch(48, seed=1)
+    values = values.double()
+    v1 = values.clone().requires_grad_(True)
+    total, terms = SinkhornFairnessLoss(blur=blur, scaling=scaling)(v1, groups, return_terms=True)
+    total.backward()
+    v2 = values.clone().requires_grad_(True)
+    ref = _direct_geomloss(v2, groups, blur, scaling)
+    sum(ref.values()).backward()
+    assert sorted(terms) == sorted(ref) and total.dtype == torch.float64
+    for name in ref:
+        torch.testing.assert_close(terms[name], ref[name], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(total, sum(terms.values()))
+    torch.testing.assert_close(v1.grad, v2.grad, atol=1e-12, rtol=1e-10)
+
+
+def test_batched_geomloss_float32_default_settings():
+    values, groups = _batch(48, seed=1)
+    v1 = values.clone().requires_grad_(True)
+    total = SinkhornFairnessLoss()(v1, groups)
+    total.backward()
+    v2 = values.clone().requires_grad_(True)
+    ref = sum(_direct_geomloss(v2, groups, DEFAULT_BLUR, DEFAULT_SCALING).values())
+    ref.backward()
+    assert total.dtype == torch.float32
+    torch.testing.assert_close(total, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(v1.grad, v2.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_geomloss_p2_tends_to_half_w2_and_gradients_agree():
+    values, groups = _batch(40, seed=2)
+    exact_fn = SinkhornFairnessLoss(backend="exact1d")
+    v_exact = values.clone().requires_grad_(True)
+    exact, exact_terms = exact_fn(v_exact, groups, return_terms=True)
+    exact.backward()
+    errors, cosines = [], []
+    # Shrinking blur and scaling -> 1; the error is set by the epsilon-scaling ratio.
+    for blur, scaling in [(1e-2, 0.5), (DEFAULT_BLUR, DEFAULT_SCALING), (1e-3, 0.99)]:
+        v = values.clone().requires_grad_(True)
+        total, terms = SinkhornFairnessLoss(blur=blur, scaling=scaling)(v, groups,
+                                                                          return_terms=True)
+        total.backward()
+        assert sorted(terms) == sorted(exact_terms)
+        errors.append(abs(total.item() - exact.item()) / exact.item())
+        cosines.append(torch.nn.functional.cosine_similarity(v.grad, v_exact.grad, dim=0).item())
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 5e-3  # reached at blur=1e-3, scaling=0.99: 1.7e-3 (defaults: 2.3e-2)
+    assert cosines[1] > 0.95 and cosines[2] > 0.995  # measured 0.974 / 0.998
+
+
+def test_shift_gives_half_c_squared_both_backends():
+    # A group that is the rest of the batch shifted by c: group vs batch has a closed form only
+    # through exact1d; check GeomLoss against it on a pure two-sample shift instead.
+    x = torch.linspace(0, 1, 16)
+    for c in (0.5, 1.0):
+        values = torch.cat([x, x + c])
+        groups = {"a": torch.cat([torch.zeros(16), torch.ones(16)]).long()}
+        exact = quantile_transport_cost(x, x + c).item()
+        assert exact == pytest.approx(0.5 * c * c, rel=1e-6)
+        geom = SamplesLoss("sinkhorn", p=2, blur=1e-3, scaling=0.99, debias=True,
+                           diameter=2.0)(x.unsqueeze(-1), (x + c).unsqueeze(-1)).item()
+        assert geom == pytest.approx(0.5 * c * c, rel=1e-2)  # cost |x-y|^2/2: S_0 = W2^2/2
+        terms = SinkhornFairnessLoss(backend="exact1d")(values, groups, return_terms=True)[1]
+        ref0 = quantile_transport_cost(x, values).item()
+        assert terms["a/0"].item() == pytest.approx(ref0, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["geomloss", "exact1d"])
+def test_term_names_unknowns_and_min_group_size(backend):
+    values = torch.tensor([0.1, 0.5, 0.9, 1.3, 2.0, 2.5, 3.0])
+    groups = {
+        "race": torch.tensor([0, 0, 1, 1, 1, -1, 2]),  # group 2 has one member
+        "language": torch.tensor([-1, -1, -1, -1, -1, -1, -1]),
+    }
+    fn = SinkhornFairnessLoss(backend=backend, min_group_size=2)
+    total, terms = fn(values, groups, return_terms=True)
+    assert sorted(terms) == ["race/0", "race/1"]
+    for name, members in (("race/0", [0, 1]), ("race/1", [2, 3, 4])):
+        exact = quantile_transport_cost(values[members], values).item()
+        tol = 1e-6 if backend == "exact1d" else 0.1
+        assert terms[name].item() == pytest.approx(exact, rel=tol)
+    torch.testing.assert_close(total, terms["race/0"] + terms["race/1"])
+    terms3 = SinkhornFairnessLoss(backend=backend, min_group_size=3)(values, groups, True)[1]
+    assert sorted(terms3) == ["race/1"]
+    terms1 = SinkhornFairnessLoss(backend=backend, min_group_size=1)(values, groups, True)[1]
+    assert sorted(terms1) == ["race/0", "race/1", "race/2"]
+
+
+@pytest.mark.parametrize("backend", ["geomloss", "exact1d"])
+def test_no_usable_group_returns_zero_with_grad(backend):
+    values = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    groups = {"race": torch.tensor([0, 1, -1])}
+    total, terms = SinkhornFairnessLoss(backend=backend)(values, groups, return_terms=True)
+    assert terms == {} and total.item() == 0.0 and total.requires_grad
+    total.backward()
+    torch.testing.assert_close(values.grad, torch.zeros(3))
+    assert SinkhornFairnessLoss(backend=backend)(torch.zeros(0), {}).item() == 0.0
+
+
+@pytest.mark.parametrize("backend", ["geomloss", "exact1d"])
+def test_identical_values_do_not_crash(backend):
+    values = torch.full((8,), 2.5, requires_grad=True)
+    groups = {"gender": torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])}
+    total = SinkhornFairnessLoss(backend=backend, blur=1e-4, scaling=0.5)(values, groups)
+    total.backward()
+    assert total.item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.isfinite(values.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_and_tiny_blur(dtype):
+    values, groups = _batch(32, seed=5)
+    ref = SinkhornFairnessLoss(blur=1e-4, scaling=0.5)(values, groups)
+    low = values.to(dtype).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = SinkhornFairnessLoss(blur=1e-4, scaling=0.5)(low, groups)
+    out.backward()
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+    assert torch.isfinite(low.grad.float()).all() and low.grad.dtype == dtype
+    assert out.item() == pytest.approx(ref.item(), rel=0.05, abs=1e-3)
+
+
+def test_bad_inputs():
+    fn = SinkhornFairnessLoss()
+    v = torch.rand(4)
+    ok = {"race": torch.tensor([0, 0, 1, 1])}
+    with pytest.raises(ValueError, match=r"values must be 1-D \(B,\), got shape \(2, 2\)"):
+        fn(v.view(2, 2), ok)
+    with pytest.raises(TypeError, match="values must be a floating-point tensor, got torch.int64"):
+        fn(torch.arange(4), ok)
+    with pytest.raises(TypeError, match="groups must be a dict"):
+        fn(v, [torch.tensor([0, 0, 1, 1])])
+    with pytest.raises(TypeError, match=r"groups\['race'\] must hold integer group ids"):
+        fn(v, {"race": torch.tensor([0.0, 0.0, 1.0, 1.0])})
+    with pytest.raises(TypeError, match=r"groups\['race'\] must be a tensor"):
+        fn(v, {"race": [0, 0, 1, 1]})
+    with pytest.raises(ValueError, match=r"has shape \(3,\) but values has \(4,\)"):
+        fn(v, {"race": torch.tensor([0, 0, 1])})
+    with pytest.raises(ValueError, match="holds id -2"):
+        fn(v, {"race": torch.tensor([0, 0, -2, 1])})
+    for backend in ("geomloss", "exact1d"):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            SinkhornFairnessLoss(backend=backend)(torch.tensor([0.0, float("nan"), 1, 2]), ok)
+    for kwargs, match in [
+        (dict(blur=0.0), "blur"),
+        (dict(p=3), "p must be 1 or 2"),
+        (dict(scaling=1.0), "scaling"),
+        (dict(min_group_size=0), "min_group_size"),
+        (dict(backend="pot"), "backend"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            SinkhornFairnessLoss(**kwargs)
+
+
+def test_p1_exact_backend_is_scipy_w1():
+    values, groups = _batch(30, seed=6)
+    terms = SinkhornFairnessLoss(p=1, backend="exact1d")(values, groups, return_terms=True)[1]
+    for name, term in terms.items():
+        attr, gid = name.split("/")
+        member = values[groups[attr] == int(gid)]
+        ref = wasserstein_distance(member.double().numpy(), values.double().numpy())
+        assert term.item() == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_half_precision_matches_cpu():
+    values, groups = _batch(256, seed=7)
+    ref = SinkhornFairnessLoss(blur=1e-4, scaling=0.5)(values, groups, return_terms=True)[1]
+    dev = values.cuda().half().requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.float16):
+        total, terms = SinkhornFairnessLoss(blur=1e-4, scaling=0.5)(
+            dev, {k: v.cuda() for k, v in groups.items()}, return_terms=True
+        )
+    total.backward()
+    assert torch.isfinite(dev.grad).all()
+    for name in ref:
+        assert terms[name].item() == pytest.approx(ref[name].item(), rel=2e-2, abs=1e-4)
+    exact = SinkhornFairnessLoss(backend="exact1d")(values.cuda(), {k: v.cuda() for k, v in
+                                                                    groups.items()})
+    assert exact.item() == pytest.approx(
+        SinkhornFairnessLoss(backend="exact1d")(values, groups).item(), rel=1e-5
+    )
