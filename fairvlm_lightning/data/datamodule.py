@@ -1,0 +1,636 @@
+"""Lightning data module for Harvard-FairVLMed and its synthetic twin.
+
+The heavy work happens once per split and is cached on disk by ``datasets``: every grayscale
+fundus image is resized and centre-cropped to the model's input size as uint8 (vectorised
+``torch`` interpolation that follows the model's Hugging Face image processor: shortest-edge or
+fixed-size resize, bicubic with antialiasing as PIL, centre crop), and every note is tokenised
+to ``max_length``. A batch then only costs one Arrow ``take`` plus the float conversion and
+normalisation of the stacked uint8 images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from fairvlm_lightning.data.fairvlmed import ATTRIBUTE_GROUPS, load_fairvlmed, split_folder
+from fairvlm_lightning.data.sampling import EpochShuffleSampler, GroupBalancedSampler
+from fairvlm_lightning.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_assets
+
+__all__ = ["FairVLMedDataModule", "ImageTransform"]
+
+_PREPROCESS_VERSION = "fairvlm-preprocess-v1"
+_RESAMPLE_MODES = {
+    0: "nearest",
+    2: "bilinear",
+    3: "bicubic",
+    1: "bicubic",
+    4: "bilinear",
+    5: "bicubic",
+}
+_STAGE_SPLITS = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: ("train", "val", "test"),
+}
+
+
+def _getattr_dict(obj: Any, name: str) -> dict[str, Any] | None:
+    value = getattr(obj, name, None)
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {k: v for k, v in value.items() if v is not None}
+    if isinstance(value, int):
+        return {"shortest_edge": value}
+    # transformers >= 5 SizeDict: a dataclass with optional height/width/shortest_edge/...
+    keys = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
+    return {k: getattr(value, k) for k in keys if getattr(value, k, None) is not None}
+
+
+class ImageTransform:
+    """Grayscale uint8 images -> model input, following a Hugging Face image processor.
+
+    :meth:`resize` maps uint8 ``(N, H, W)`` images to uint8 ``(N, h, w)`` at the model's input
+    size (resize then centre crop, rounding to uint8 as PIL does); :meth:`normalize` maps those to
+    float ``(N, C, h, w)`` with the processor's rescale factor and per-channel mean/std (the gray
+    channel is replicated to ``C = len(mean)`` channels).
+
+    Args:
+        size: resize target: ``{"shortest_edge": s}`` (aspect kept, as CLIP) or
+            ``{"height": h, "width": w}``; ``None`` skips resizing.
+        crop_size: ``{"height": h, "width": w}`` of the centre crop, or ``None``.
+        resample: PIL resampling code (3 bicubic, 2 bilinear, 0 nearest).
+        rescale_factor: multiplier applied before normalising (``None`` = no rescale).
+        image_mean: per-channel mean (``None`` = no normalisation).
+        image_std: per-channel std.
+
+    Example:
+        >>> t = ImageTransform(size={"shortest_edge": 4}, crop_size={"height": 4, "width": 4},
+        ...                    image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        >>> x = t.resize(np.full((2, 8, 6), 255, dtype=np.uint8))
+        >>> x.shape, x.dtype
+        (torch.Size([2, 4, 4]), torch.uint8)
+        >>> t.normalize(x).shape, t.normalize(x).max().item()
+        (torch.Size([2, 3, 4, 4]), 1.0)
+    """
+
+    def __init__(
+        self,
+        *,
+        size: Mapping[str, int] | None,
+        crop_size: Mapping[str, int] | None = None,
+        resample: int = 3,
+        rescale_factor: float | None = 1 / 255,
+        image_mean: Sequence[float] | None = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] | None = (0.5, 0.5, 0.5),
+    ) -> None:
+        if size is not None and not (
+            set(size) == {"shortest_edge"} or set(size) == {"height", "width"}
+        ):
+            raise ValueError(
+                "size must be {'shortest_edge': s} or {'height': h, 'width': w}, "
+                f"got {dict(size)}"
+            )
+        if crop_size is not None and set(crop_size) != {"height", "width"}:
+            raise ValueError(
+                f"crop_size must be {{'height': h, 'width': w}}, got {dict(crop_size)}"
+            )
+        if int(resample) not in _RESAMPLE_MODES:
+            raise ValueError(f"unsupported resample code {resample}")
+        self.size = dict(size) if size is not None else None
+        self.crop_size = dict(crop_size) if crop_size is not None else None
+        self.resample = int(resample)
+        self.rescale_factor = rescale_factor
+        if (image_mean is None) != (image_std is None):
+            raise ValueError("give both image_mean and image_std, or neither")
+        if image_mean is not None and image_std is not None:
+            mean = [float(v) for v in image_mean]
+            std = [float(v) for v in image_std]
+            if len(mean) != len(std) or not mean or min(std) <= 0:
+                raise ValueError(
+                    f"image_mean/image_std must match in length with std > 0: {mean}, {std}"
+                )
+            self.image_mean: list[float] | None = mean
+            self.image_std: list[float] | None = std
+        else:
+            self.image_mean = self.image_std = None
+        self._cached_affine: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def from_processor(cls, processor: Any, image_size: int | None = None) -> ImageTransform:
+        """Read resize / crop / rescale / normalise settings from an HF image processor.
+
+        Args:
+            processor: e.g. ``AutoImageProcessor.from_pretrained(name)``.
+            image_size: if given, resize the shortest edge to it and centre-crop a square of it,
+                instead of the processor's size and crop.
+
+        Returns:
+            The matching transform.
+        """
+        do = lambda name, default=True: bool(getattr(processor, name, default))  # noqa: E731
+        if image_size is not None:
+            if int(image_size) <= 0:
+                raise ValueError(f"image_size must be positive, got {image_size}")
+            size: dict[str, Any] | None = {"shortest_edge": int(image_size)}
+            crop: dict[str, Any] | None = {"height": int(image_size), "width": int(image_size)}
+        else:
+            size = _getattr_dict(processor, "size") if do("do_resize") else None
+            crop = _getattr_dict(processor, "crop_size") if do("do_center_crop", False) else None
+        mean = getattr(processor, "image_mean", None) if do("do_normalize") else None
+        std = getattr(processor, "image_std", None) if do("do_normalize") else None
+        if isinstance(mean, (int, float)):
+            mean, std = [float(mean)] * 3, [float(std)] * 3  # type: ignore[arg-type]
+        resample = getattr(processor, "resample", 3)
+        return cls(
+            size=size,
+            crop_size=crop,
+            resample=int(resample) if resample is not None else 3,
+            rescale_factor=float(getattr(processor, "rescale_factor", 1 / 255))
+            if do("do_rescale")
+            else None,
+            image_mean=mean,
+            image_std=std,
+        )
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able description (used in cache keys)."""
+        return {
+            "size": self.size,
+            "crop_size": self.crop_size,
+            "resample": self.resample,
+            "rescale_factor": self.rescale_factor,
+            "mean": self.image_mean,
+            "std": self.image_std,
+        }
+
+    @property
+    def channels(self) -> int:
+        """Output channels: ``len(image_mean)``, or 3 when not normalising."""
+        return len(self.image_mean) if self.image_mean is not None else 3
+
+    def _target(self, h: int, w: int) -> tuple[int, int]:
+        assert self.size is not None
+        if "shortest_edge" in self.size:
+            s = int(self.size["shortest_edge"])
+            if h <= w:
+                return s, int(s * w / h)
+            return int(s * h / w), s
+        return int(self.size["height"]), int(self.size["width"])
+
+    def resize(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Resize and centre-crop uint8 ``(N, H, W)`` grayscale images to uint8 ``(N, h, w)``."""
+        if not isinstance(images, torch.Tensor):
+            arr = np.asarray(images)
+            images = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        x = images
+        if x.ndim != 3:
+            raise ValueError(f"images must be (N, H, W) grayscale, got shape {tuple(x.shape)}")
+        n, h, w = x.shape
+        out = x.to(torch.uint8) if x.dtype != torch.uint8 else x
+        if self.size is not None and n:
+            th, tw = self._target(h, w)
+            if (th, tw) != (h, w):
+                mode = _RESAMPLE_MODES[self.resample]
+                f = F.interpolate(
+                    x.to(torch.float32).unsqueeze(1),
+                    size=(th, tw),
+                    mode=mode,
+                    **({"antialias": True, "align_corners": False} if mode != "nearest" else {}),
+                )
+                out = f.squeeze(1).round_().clamp_(0, 255).to(torch.uint8)
+        if self.crop_size is not None:
+            out = _center_crop(out, int(self.crop_size["height"]), int(self.crop_size["width"]))
+        return out.contiguous()
+
+    def normalize(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 (or integer) ``(N, h, w)`` -> float32 ``(N, C, h, w)`` model input.
+
+        Computed with numpy, single-threaded: in the training process this runs between steps,
+        and small ops on torch's intra-op pool cost more in thread wake-ups than in arithmetic.
+        """
+        scale, shift = self._affine()
+        x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        out = np.empty((x.shape[0], self.channels, *x.shape[1:]), dtype=np.float32)
+        np.multiply(x[:, None].astype(np.float32), scale, out=out)
+        out += shift
+        return torch.from_numpy(out)
+
+    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``scale``, ``shift`` (1, C, 1, 1): output = x * scale + shift."""
+        if self._cached_affine is None:
+            c = self.channels
+            r = self.rescale_factor if self.rescale_factor is not None else 1.0
+            mean = np.asarray(self.image_mean or [0.0] * c, dtype=np.float64)
+            std = np.asarray(self.image_std or [1.0] * c, dtype=np.float64)
+            self._cached_affine = (
+                (r / std).astype(np.float32).reshape(1, c, 1, 1),
+                (-mean / std).astype(np.float32).reshape(1, c, 1, 1),
+            )
+        return self._cached_affine
+
+
+def _center_crop(x: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
+    """Centre crop (N, H, W) as Hugging Face's ``center_crop`` (zero padding if too small)."""
+    n, h, w = x.shape
+    if h < ch or w < cw:
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        n, h, w = x.shape
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[:, top : top + ch, left : left + cw]
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of the tokenizer's vocabulary and pipeline, not of its current padding/truncation."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("padding", None)  # set by the last call, not part of the tokenizer's identity
+        state.pop("truncation", None)
+        body = json.dumps(state, sort_keys=True)
+    else:  # pragma: no cover - slow tokenizers
+        body = json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = [type(tokenizer).__name__, tokenizer.pad_token_id, tokenizer.padding_side]
+    return hashlib.sha256((body + json.dumps(extra)).encode()).hexdigest()
+
+
+def _column_to_tensor(column: Any) -> torch.Tensor:
+    """One Arrow column of a batch -> tensor (uint8 images stay uint8, token ids become long)."""
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(arr.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+        values = arr.flatten().to_numpy(zero_copy_only=False)
+        return torch.from_numpy(values.reshape(len(arr), -1).astype(np.int64))
+    values = np.asarray(arr.to_numpy(zero_copy_only=False))
+    if values.dtype == np.bool_:
+        return torch.from_numpy(values.copy())
+    if values.dtype != np.uint8:
+        values = values.astype(np.int64)
+    elif not values.flags.writeable:
+        values = values.copy()
+    return torch.from_numpy(values)
+
+
+class _SplitDataset(Dataset):
+    """Map-style view of a preprocessed split; ``__getitems__`` fetches a batch in one Arrow take.
+
+    Items and batches are dicts of tensors: ``pixels`` uint8, the other columns long (bool for
+    ``is_bad_pair``). Reading the Arrow table directly skips ``datasets``' per-value formatting.
+    """
+
+    def __init__(self, ds: Any, columns: Sequence[str]) -> None:
+        self.columns = list(columns)
+        self.ds = ds.select_columns(self.columns).with_format("arrow")
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        table = self.ds[[int(i) for i in indices]]
+        return {name: _column_to_tensor(table.column(name)) for name in self.columns}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+
+class _Collate:
+    """Stack rows (or take a pre-batched dict) and turn uint8 pixels into ``pixel_values``."""
+
+    def __init__(self, transform: ImageTransform) -> None:
+        self.transform = transform
+
+    def __call__(
+        self, batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        if not isinstance(batch, Mapping):
+            batch = {k: torch.stack([row[k] for row in batch]) for k in batch[0]}
+        out = dict(batch)
+        out["pixel_values"] = self.transform.normalize(out.pop("pixels"))
+        if "is_bad_pair" in out:
+            out["is_bad_pair"] = out["is_bad_pair"].to(torch.bool)
+        return out
+
+
+class FairVLMedDataModule(LightningDataModule):
+    """Harvard-FairVLMed (or its synthetic twin) as batches for a Hugging Face dual encoder.
+
+    Batches are dicts: ``pixel_values`` (B, 3, H, W) float32 (grayscale replicated, normalised as
+    the model's image processor), ``input_ids`` and ``attention_mask`` (B, ``max_length``) long,
+    ``index`` (B,) long (position in its split, stable across epochs), ``label`` (B,) long, one
+    (B,) long per name in ``attributes`` (``-1`` = unknown), and ``is_bad_pair`` (B,) bool when
+    the data carry it (the synthetic twin does).
+
+    The train loader visits samples in an order that depends only on ``(seed, epoch)``
+    (:class:`~fairvlm_lightning.data.EpochShuffleSampler`), or draws a group-balanced sample for
+    ``balance_attribute`` (:class:`~fairvlm_lightning.data.GroupBalancedSampler`); val/test/predict
+    loaders keep file order. Validation and test drop samples with an unknown attribute, as the
+    paper. Predict uses the test split.
+
+    Args:
+        root: dataset root (``Training/``, ``Validation/``, ``Test/`` or ``Testing/``).
+        model: folder or Hub name whose tokenizer and image processor are used; for
+            ``synthetic=True`` defaults to ``root/"tiny_model"``.
+        synthetic: write the synthetic twin and the tiny model into ``root`` on first use
+            (:func:`~fairvlm_lightning.data.ensure_synthetic_assets`).
+        synthetic_kwargs: keyword arguments of ``ensure_synthetic_assets`` (``seed``, ``sizes``,
+            ``bad_pair_rate``, ``model_kwargs``, ...).
+        batch_size: training batch size.
+        eval_batch_size: val/test/predict batch size (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        image_size: override the processor's input size (shortest-edge resize + square crop).
+        max_length: token length of notes (padded and truncated to it).
+        notes: notes CSV name, or ``None`` for the npz ``note`` field (see ``load_fairvlmed``).
+        attributes: protected attributes put in each batch.
+        balance_attribute: draw training batches balanced over this attribute's groups.
+        seed: seed of the training order.
+        cache_dir: cache for the Arrow files; default ``root/".cache"`` for synthetic data
+            (``synthetic=True`` or a folder written by ``ensure_synthetic_assets``), the
+            ``datasets`` cache otherwise.
+
+    Example:
+        >>> import tempfile
+        >>> dm = FairVLMedDataModule(tempfile.mkdtemp(), synthetic=True, batch_size=4,
+        ...     synthetic_kwargs={"sizes": {"train": 16, "val": 8, "test": 8},
+        ...                       "image_shape": (32, 32), "warm_start_steps": 0})
+        >>> dm.prepare_data(); dm.setup("fit")
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> batch["pixel_values"].shape, batch["input_ids"].shape, batch["race"].dtype
+        (torch.Size([4, 3, 64, 64]), torch.Size([4, 64]), torch.int64)
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        model: str | os.PathLike[str] | None = None,
+        synthetic: bool = False,
+        synthetic_kwargs: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int | None = None,
+        max_length: int = 64,
+        notes: str | None = "gpt-4_summarized_notes.csv",
+        attributes: Sequence[str] = ("race", "gender", "ethnicity", "language"),
+        balance_attribute: str | None = None,
+        seed: int = 0,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        if model is None and not synthetic:
+            raise ValueError(
+                "model (a folder or Hub name with a tokenizer and image processor) is required "
+                "unless synthetic=True"
+            )
+        self.model = str(model) if model is not None else str(self.root / "tiny_model")
+        self.synthetic = bool(synthetic)
+        self.synthetic_kwargs = dict(synthetic_kwargs or {})
+        for name, v in (("batch_size", batch_size), ("max_length", max_length)):
+            if int(v) <= 0:
+                raise ValueError(f"{name} must be positive, got {v}")
+        if eval_batch_size is not None and int(eval_batch_size) <= 0:
+            raise ValueError(f"eval_batch_size must be positive, got {eval_batch_size}")
+        if int(num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if isinstance(attributes, str):
+            attributes = (attributes,)
+        unknown = [a for a in attributes if a not in ATTRIBUTE_GROUPS]
+        if unknown:
+            raise ValueError(f"attributes {unknown} unknown; choose from {list(ATTRIBUTE_GROUPS)}")
+        if balance_attribute is not None and balance_attribute not in ATTRIBUTE_GROUPS:
+            raise ValueError(
+                f"balance_attribute {balance_attribute!r} unknown; "
+                f"choose from {list(ATTRIBUTE_GROUPS)}"
+            )
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = (
+            int(eval_batch_size) if eval_batch_size is not None else self.batch_size
+        )
+        self.num_workers = int(num_workers)
+        self.image_size = image_size
+        self.max_length = int(max_length)
+        self.notes = notes
+        self.attributes = tuple(attributes)
+        self.balance_attribute = balance_attribute
+        self.seed = int(seed)
+        if cache_dir is not None:
+            self.cache_dir: Path | None = Path(cache_dir)
+        else:
+            ours = synthetic or (self.root / SYNTHETIC_MARKER).is_file()
+            self.cache_dir = self.root / ".cache" if ours else None
+        self.tokenizer: Any = None
+        self.image_processor: Any = None
+        self.image_transform: ImageTransform | None = None
+        self.datasets: dict[str, Any] = {}
+        self._splits: dict[str, _SplitDataset] = {}
+        # Record the folder actually used (save_hyperparameters reads the local variables), so
+        # that it agrees with a module built from the same folder: Lightning refuses to log a
+        # hyper-parameter whose value differs between the module and the data module.
+        model = self.model
+        self.save_hyperparameters()
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def attribute_groups(self) -> dict[str, int]:
+        """``{attribute: number of groups}`` for the configured attributes."""
+        return {a: ATTRIBUTE_GROUPS[a] for a in self.attributes}
+
+    def _ensure_synthetic(self) -> None:
+        if self.synthetic:
+            ensure_synthetic_assets(self.root, **self.synthetic_kwargs)
+
+    def _load_processors(self) -> None:
+        if self.tokenizer is not None:
+            return
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model)
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token is None:
+                raise ValueError(f"tokenizer of {self.model} has neither a pad nor an eos token")
+            tokenizer.pad_token = tokenizer.eos_token
+        limit = getattr(tokenizer, "model_max_length", None)
+        if limit is not None and limit < 1_000_000 and self.max_length > limit:
+            raise ValueError(
+                f"max_length {self.max_length} exceeds the tokenizer's model_max_length "
+                f"{limit} for {self.model}"
+            )
+        processor = AutoImageProcessor.from_pretrained(self.model)
+        self.image_transform = ImageTransform.from_processor(processor, self.image_size)
+        self.tokenizer, self.image_processor = tokenizer, processor
+
+    def _preprocessed(self, split: str) -> Any:
+        """Load ``split`` and add ``pixels`` (uint8) and token columns; cached by ``datasets``."""
+        from datasets import Array2D, Features, Value
+
+        try:
+            from datasets import List as _List
+
+            def seq(v: Any, n: int) -> Any:
+                return _List(v, length=n)
+        except ImportError:  # pragma: no cover - datasets < 4
+            from datasets import Sequence as _Seq
+
+            def seq(v: Any, n: int) -> Any:
+                return _Seq(v, length=n)
+
+        assert self.image_transform is not None
+        ds = load_fairvlmed(self.root, split, notes=self.notes, cache_dir=self.cache_dir)
+        self.datasets[split] = ds
+        transform, tokenizer, length = self.image_transform, self.tokenizer, self.max_length
+        h, w = ds.features["image"].shape
+        probe = transform.resize(np.zeros((1, h, w), dtype=np.uint8))
+        features = Features(
+            {k: v for k, v in ds.features.items() if k not in ("image", "note", "filename")}
+            | {
+                "pixels": Array2D(shape=tuple(probe.shape[1:]), dtype="uint8"),
+                "input_ids": seq(Value("int32"), length),
+                "attention_mask": seq(Value("int8"), length),
+            }
+        )
+        key = json.dumps(
+            [
+                _PREPROCESS_VERSION,
+                ds._fingerprint,
+                transform.spec(),
+                _tokenizer_fingerprint(tokenizer),
+                length,
+            ],
+            sort_keys=True,
+        )
+
+        keep = [k for k in ds.column_names if k not in ("image", "note", "filename")]
+
+        def preprocess(batch: Any) -> dict[str, Any]:  # a pyarrow Table: images stay uint8
+            images = batch.column("image").combine_chunks().to_numpy(zero_copy_only=False)
+            enc = tokenizer(
+                batch.column("note").to_pylist(),
+                padding="max_length",
+                truncation=True,
+                max_length=length,
+                return_attention_mask=True,
+            )
+            return {
+                **{k: batch.column(k).to_numpy() for k in keep},
+                "pixels": transform.resize(images).numpy(),
+                "input_ids": np.asarray(enc["input_ids"], dtype=np.int32),
+                "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int8),
+            }
+
+        return ds.with_format("arrow").map(
+            preprocess,
+            batched=True,
+            batch_size=256,
+            remove_columns=["image", "note", "filename"],
+            features=features,
+            new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32],
+            desc=f"Preprocessing FairVLMed {split}",
+        )
+
+    def prepare_data(self) -> None:
+        """Write the synthetic assets if asked, and fill the on-disk caches (rank 0 only)."""
+        self._ensure_synthetic()
+        self._load_processors()
+        for split in ("train", "val", "test"):
+            try:
+                split_folder(self.root, split)
+            except FileNotFoundError:
+                continue
+            self._preprocessed(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the tokenizer, image processor and the splits that ``stage`` needs."""
+        if stage not in _STAGE_SPLITS:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {list(_STAGE_SPLITS)}")
+        self._ensure_synthetic()
+        self._load_processors()
+        for split in _STAGE_SPLITS[stage]:
+            if split in self._splits:
+                continue
+            ds = self._preprocessed(split)
+            columns = ["pixels", "input_ids", "attention_mask", "index", "label", *self.attributes]
+            if "is_bad_pair" in ds.column_names:
+                columns.append("is_bad_pair")
+            self._splits[split] = _SplitDataset(ds, columns)
+
+    # ------------------------------------------------------------- public API
+    def tokenize(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise texts (e.g. class prompts) as the notes: ``input_ids``, ``attention_mask``."""
+        if self.tokenizer is None:
+            self._load_processors()
+        if isinstance(texts, str):
+            texts = [texts]
+        enc = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def split_dataset(self, split: str) -> _SplitDataset:
+        """The preprocessed map-style dataset of ``split`` (after :meth:`setup`)."""
+        if split not in self._splits:
+            raise RuntimeError(
+                f"split {split!r} not set up; call setup() with a stage that loads it"
+            )
+        return self._splits[split]
+
+    def _loader(self, split: str, batch_size: int, sampler: Any = None) -> DataLoader:
+        assert self.image_transform is not None
+        ds = self.split_dataset(split)
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=_Collate(self.image_transform),
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self._pin_memory(),
+        )
+
+    def _pin_memory(self) -> bool:
+        from lightning.pytorch.accelerators import CUDAAccelerator
+
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches; order a pure function of ``(seed, epoch)``."""
+        ds = self.split_dataset("train")
+        if self.balance_attribute is not None:
+            groups = np.asarray(self.datasets["train"][self.balance_attribute])
+            sampler: Any = GroupBalancedSampler(groups, seed=self.seed)
+        else:
+            sampler = EpochShuffleSampler(len(ds), seed=self.seed)
+        return self._loader("train", self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in file order."""
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in file order."""
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, for ``Trainer.predict``."""
+        return self._loader("test", self.eval_batch_size)

@@ -1,0 +1,39 @@
+"""Shared fixtures: a small synthetic FairVLMed folder and its tiny model, made once a session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# The keyword arguments the session's synthetic folder was written with. To build a data module
+# on it, pass them back: FairVLMedDataModule(root, synthetic=True, synthetic_kwargs=...) (other
+# settings would be refused: the folder is complete with these), or use model=root/"tiny_model".
+SYNTHETIC_TEST_KWARGS: dict[str, Any] = {
+    "seed": 0,
+    "sizes": {"train": 96, "val": 48, "test": 48},
+    "warm_start_steps": 10,
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_kwargs() -> dict[str, Any]:
+    """The ``ensure_synthetic_assets`` settings of :func:`synthetic_root` (a fresh copy)."""
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in SYNTHETIC_TEST_KWARGS.items()}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_kwargs: dict[str, Any]
+) -> Path:
+    """A synthetic FairVLMed folder (96 train / 48 val / 48 test, 128x128) and ``tiny_model/``."""
+    from fairvlm_lightning.data import ensure_synthetic_assets
+
+    root = tmp_path_factory.mktemp("synthetic_fairvlmed")
+    return ensure_synthetic_assets(root, **synthetic_kwargs)
