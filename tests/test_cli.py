@@ -1,0 +1,182 @@
+"""The `fairvlm` command: the README's fit command end to end, rerun without collisions, `test`,
+every shipped config, and the printed table checked against scikit-learn on an independent pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from transformers import AutoModel, AutoTokenizer
+
+from fairvlm_lightning.callbacks import DynamicBadPairMining
+from fairvlm_lightning.cli import FairVLMCLI, dbpm_summary, format_fairness_table, main
+from fairvlm_lightning.data import FairVLMedDataModule
+from fairvlm_lightning.module import FairVLMModule
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["fairvlm"])  # as from the console script
+
+
+def _overrides(root: Path, synthetic_kwargs: dict) -> list[str]:
+    return [
+        "--data.root",
+        str(root),
+        "--data.synthetic_kwargs",
+        json.dumps(synthetic_kwargs),
+        "--model.model",
+        str(root / "tiny_model"),
+        "--data.batch_size",
+        "16",
+        "--data.eval_batch_size",
+        "64",
+    ]
+
+
+def _sklearn_test_auc(ckpt: str, root: Path, synthetic_kwargs: dict) -> float:
+    """AUC of the checkpoint's zero-shot scores on the test split, without the module's code."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    state = checkpoint["state_dict"]
+    max_length = checkpoint["hyper_parameters"]["prompt_max_length"]  # = data.max_length
+    model = AutoModel.from_pretrained(root / "tiny_model")
+    prefix = "encoder.model."
+    model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(root / "tiny_model")
+    prompts = tok(
+        ["A photo of non-glaucoma", "A photo of glaucoma"],
+        padding="max_length",
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    dm = FairVLMedDataModule(
+        str(root), synthetic=True, synthetic_kwargs=synthetic_kwargs, max_length=max_length
+    )
+    dm.setup("test")
+    scores, labels = [], []
+    with torch.no_grad():
+        text = F.normalize(model.get_text_features(**prompts).pooler_output, dim=-1)
+        for batch in dm.test_dataloader():
+            image = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+            logits = model.logit_scale.exp() * F.normalize(image, dim=-1) @ text.T
+            scores.append(logits.softmax(-1)[:, 1])
+            labels.append(batch["label"])
+    return float(roc_auc_score(torch.cat(labels).numpy(), torch.cat(scores).numpy()))
+
+
+def test_readme_fit_command_then_test(
+    synthetic_root: Path,
+    synthetic_kwargs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)  # runs/ goes here
+    args = [
+        "--config",
+        str(CONFIGS / "synthetic_robust_fair.yaml"),
+        *_overrides(synthetic_root, synthetic_kwargs),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    main(["fit", *args, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3"])
+    out = capsys.readouterr().out
+    assert "attribute  AUC    ES-AUC  DPD    DEOdds  group AUCs" in out
+    for attr in ("race", "gender", "ethnicity", "language"):
+        assert f"\n{attr} " in out
+    assert re.search(r"\nDBPM: \d+ faulty \+ \d+ noisy pairs flagged; 0 of the 0 pairs", out)
+    run = tmp_path / "runs" / "synthetic_robust_fair" / "version_0"
+    assert "logs:       runs/synthetic_robust_fair/version_0" in out
+    assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+    fit_metrics = json.loads((run / "test_metrics.json").read_text())
+    ckpt_line = next(line for line in out.splitlines() if line.startswith("checkpoint: "))
+    ckpt = ckpt_line.split(": ", 1)[1].strip()
+    assert Path(ckpt).is_file() and "checkpoints" in ckpt
+    # The printed/saved test AUC is the best checkpoint's, as scikit-learn computes it.
+    assert fit_metrics["test/auc"] == pytest.approx(
+        _sklearn_test_auc(ckpt, synthetic_root, synthetic_kwargs), abs=1e-5
+    )
+    assert f"test: AUC {fit_metrics['test/auc']:.3f}" in out
+
+    # The same command again, as `test` of that checkpoint: a new run folder, no collision.
+    main(["test", *args, "--ckpt_path", ckpt])
+    out = capsys.readouterr().out
+    rerun = tmp_path / "runs" / "synthetic_robust_fair" / "version_1"
+    assert (rerun / "config.yaml").is_file()
+    test_metrics = json.loads((rerun / "test_metrics.json").read_text())
+    assert test_metrics.keys() == fit_metrics.keys()
+    for key, value in fit_metrics.items():
+        assert (math.isnan(value) and math.isnan(test_metrics[key])) or test_metrics[
+            key
+        ] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_config_parses(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        FairVLMCLI(args=["fit", "--config", str(CONFIGS / name), "--print_config"])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "model:" in printed and "data:" in printed
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_synthetic_configs_build_what_they_say(
+    name: str, synthetic_root: Path, synthetic_kwargs: dict
+) -> None:
+    cli = FairVLMCLI(
+        args=["--config", str(CONFIGS / name), *_overrides(synthetic_root, synthetic_kwargs)],
+        run=False,
+    )
+    module = cli.model
+    assert isinstance(module, FairVLMModule)
+    dbpm = [c for c in cli.trainer.callbacks if isinstance(c, DynamicBadPairMining)]
+    assert bool(dbpm) == ("dbpm" in name or "robust" in name)
+    assert (module.fairness_weight > 0) == ("fairclip" in name or "robust" in name)
+    assert module.prompt_max_length == cli.datamodule.max_length  # linked
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    # the data module reads the tokenizer / processor of the module's model
+    assert cli.datamodule.model == str(synthetic_root / "tiny_model")
+
+
+def test_missing_synthetic_assets_are_made_before_the_model_is_built(tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    kwargs = {"sizes": {"train": 8, "val": 4, "test": 4}, "warm_start_steps": 0}
+    cli = FairVLMCLI(
+        args=[
+            "--config",
+            str(CONFIGS / "synthetic_robust_fair.yaml"),
+            *_overrides(root, kwargs),
+        ],
+        run=False,
+    )
+    assert (root / "tiny_model" / "config.json").is_file()
+    assert len(list((root / "Training").glob("*.npz"))) == 8
+    assert isinstance(cli.model, FairVLMModule)
+
+
+def test_help_and_table_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "fit" in capsys.readouterr().out
+    table = format_fairness_table({"val/auc": torch.tensor(0.5)}, {"race": 3}, prefix="val")
+    assert "val: AUC 0.500 | Acc   nan" in table
+    assert "Asian   nan, Black   nan, White   nan" in table
+    assert dbpm_summary({"train/loss": 1.0}) == ""  # no DBPM callback
+    assert dbpm_summary({"dbpm/num_faulty": 2, "dbpm/num_noisy": 0}).endswith("pairs flagged")
+    with pytest.raises(TypeError, match="attributes must be a dict"):
+        format_fairness_table({}, ["race"])  # type: ignore[arg-type]
