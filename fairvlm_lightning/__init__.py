@@ -33,6 +33,20 @@ _EXPORTS: dict[str, str] = {
     "BadPairMiner": "fairvlm_lightning.mining",
     "DynamicBadPairMining": "fairvlm_lightning.callbacks",
     "find_bad_pair_mining": "fairvlm_lightning.callbacks",
+    # losses, fairness term, encoder adapter
+    "DualEncoder": "fairvlm_lightning.encoders",
+    "DualEncoderOutput": "fairvlm_lightning.encoders",
+    "pair_losses": "fairvlm_lightning.losses",
+    "SinkhornFairnessLoss": "fairvlm_lightning.sinkhorn",
+    # data
+    "FairVLMedDataModule": "fairvlm_lightning.data",
+    "load_fairvlmed": "fairvlm_lightning.data",
+    "write_synthetic_fairvlmed": "fairvlm_lightning.data",
+    "ensure_synthetic_assets": "fairvlm_lightning.data",
+    "build_tiny_dual_encoder": "fairvlm_lightning.data",
+    "ATTRIBUTE_GROUPS": "fairvlm_lightning.data",
+    # module
+    "FairVLMModule": "fairvlm_lightning.module",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -40,6 +54,15 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from fairvlm_lightning.callbacks import DynamicBadPairMining as DynamicBadPairMining
     from fairvlm_lightning.callbacks import find_bad_pair_mining as find_bad_pair_mining
+    from fairvlm_lightning.data import ATTRIBUTE_GROUPS as ATTRIBUTE_GROUPS
+    from fairvlm_lightning.data import FairVLMedDataModule as FairVLMedDataModule
+    from fairvlm_lightning.data import build_tiny_dual_encoder as build_tiny_dual_encoder
+    from fairvlm_lightning.data import ensure_synthetic_assets as ensure_synthetic_assets
+    from fairvlm_lightning.data import load_fairvlmed as load_fairvlmed
+    from fairvlm_lightning.data import write_synthetic_fairvlmed as write_synthetic_fairvlmed
+    from fairvlm_lightning.encoders import DualEncoder as DualEncoder
+    from fairvlm_lightning.encoders import DualEncoderOutput as DualEncoderOutput
+    from fairvlm_lightning.losses import pair_losses as pair_losses
     from fairvlm_lightning.metrics import DemographicParityDifference as DemographicParityDifference
     from fairvlm_lightning.metrics import EqualizedOddsDifference as EqualizedOddsDifference
     from fairvlm_lightning.metrics import EquityScaledAccuracy as EquityScaledAccuracy
@@ -47,6 +70,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from fairvlm_lightning.metrics import FairnessMetrics as FairnessMetrics
     from fairvlm_lightning.metrics import GroupAUROC as GroupAUROC
     from fairvlm_lightning.mining import BadPairMiner as BadPairMiner
+    from fairvlm_lightning.module import FairVLMModule as FairVLMModule
+    from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss as SinkhornFairnessLoss
 
 
 def __getattr__(name: str) -> Any:

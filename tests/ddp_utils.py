@@ -43,7 +43,7 @@ def _entry(
 
 
 def run_distributed(fn: Callable[..., Any], world_size: int = 2, **kwargs: Any) -> list[Any]:
-    """Run ``fn(rank, world_size, **kwargs)`` on ``world_size`` gloo processes; return each result."""
+    """Run ``fn(rank, world_size, **kwargs)`` on ``world_size`` gloo processes; return results."""
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
             _entry,
