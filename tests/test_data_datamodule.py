@@ -263,3 +263,12 @@ def test_bad_setup(synthetic_root: Path, tmp_path: Path) -> None:
     missing = FairVLMedDataModule(tmp_path / "none", model=synthetic_root / "tiny_model")
     with pytest.raises(FileNotFoundError, match="root folder not found"):
         missing.setup("fit")
+
+
+def test_hparams_of_path_root_load_with_weights_only(
+    dm: FairVLMedDataModule, synthetic_root: Path, tmp_path: Path
+) -> None:
+    # dm was built from a pathlib.Path root; Lightning checkpoints store these hparams.
+    torch.save({"datamodule_hyper_parameters": dict(dm.hparams)}, tmp_path / "h.pt")
+    loaded = torch.load(tmp_path / "h.pt", weights_only=True)
+    assert loaded["datamodule_hyper_parameters"]["root"] == str(synthetic_root)

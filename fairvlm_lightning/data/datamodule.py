@@ -443,6 +443,7 @@ class FairVLMedDataModule(LightningDataModule):
         # that it agrees with a module built from the same folder: Lightning refuses to log a
         # hyper-parameter whose value differs between the module and the data module.
         model = self.model
+        root = str(root)  # a pathlib.Path hparam would break torch.load(weights_only=True)
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------ set-up
