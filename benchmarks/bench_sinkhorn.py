@@ -1,5 +1,14 @@
 """GeomLoss Sinkhorn vs the exact 1-D quantile path, and the measurement behind the defaults.
 
+Part 0 -- the fairness term as training uses it: the four FairVLMed attributes (race 3 groups,
+gender 2, ethnicity 2, language 3, with unknowns), forward+backward at B = 16, 32, 64, for
+``backend="exact1d"``, ``backend="geomloss"`` (default blur/scaling) and, side by side in the
+same run, the code path this class used before the batched rewrite (one GeomLoss
+``SamplesLoss`` call on padded groups, kept below as ``samplesloss_terms``), with denormals
+flushed (the best case) and not (torch's default, so what ``fairvlm fit`` ran). Next to each
+time: the relative error of the value and the cosine of the gradient against exact1d (worst
+over seeds), and the number of aten operations (torch profiler, all events) of one call.
+
 Part 1 -- speed: forward+backward time of ``SinkhornFairnessLoss`` with ``backend="geomloss"``
 (default blur/scaling) and ``backend="exact1d"`` for one group of half the batch against the
 batch, n = 64 ... 16384, with the ratio and the relative difference of the values.
@@ -8,15 +17,17 @@ Part 2 -- defaults: for a grid of (blur, scaling), the relative error of the Geo
 against the exact blur -> 0 limit, the cosine between the two gradients, and the time, on
 loss-like batches with three groups of one attribute (one of them shifted) and two of another.
 
-CPU timings of GeomLoss swing 5-30x with float denormals (its potentials underflow at small
-blur), so this script calls ``torch.set_flush_denormal(True)`` first. It also runs torch on one
-intra-op thread by default: on a shared 2-core machine GeomLoss's many small ops run 10x slower
-and erratically with two threads. Results go to ``benchmarks/results/bench_sinkhorn.json``.
+CPU timings of the old GeomLoss path swing 5-30x with float denormals (its potentials
+underflow at small blur), so parts 1 and 2 run with ``torch.set_flush_denormal(True)``. It
+also runs torch on one intra-op thread by default: on a shared 2-core machine GeomLoss's many
+small ops run 10x slower and erratically with two threads. Results go to
+``benchmarks/results/bench_sinkhorn.json``.
 
     python benchmarks/bench_sinkhorn.py                 # n <= 4096: about 4 min on one core
     python benchmarks/bench_sinkhorn.py --max-n 16384   # the full table; GeomLoss at n = 16384
                                                         # alone takes 10-15 min on one core
     python benchmarks/bench_sinkhorn.py --quick         # n <= 1024 and a smaller grid
+    python benchmarks/bench_sinkhorn.py --part term     # part 0 only (about 1 min)
 """
 
 from __future__ import annotations
@@ -26,9 +37,12 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from geomloss import SamplesLoss
+from torch.profiler import ProfilerActivity, profile
 
 from fairvlm_lightning.sinkhorn import DEFAULT_BLUR, DEFAULT_SCALING, SinkhornFairnessLoss
 
@@ -42,7 +56,7 @@ def loss_like(n: int, seed: int) -> torch.Tensor:
 
 
 def time_fwd_bwd(
-    fn: SinkhornFairnessLoss,
+    fn: Callable[..., torch.Tensor],
     values: torch.Tensor,
     groups: dict[str, torch.Tensor],
     budget_s: float = 1.0,
@@ -68,6 +82,134 @@ def time_fwd_bwd(
         fn(v, groups).backward()
         times.append(time.perf_counter() - start)
     return min(times), value, grad
+
+
+def samplesloss_terms(
+    values: torch.Tensor,
+    groups: dict[str, torch.Tensor],
+    blur: float = DEFAULT_BLUR,
+    scaling: float = DEFAULT_SCALING,
+    min_group_size: int = 2,
+) -> torch.Tensor:
+    """The pre-batching GeomLoss path: one ``SamplesLoss`` call on groups padded to one width."""
+    lo, hi = torch.aminmax(values.detach())
+    loss = SamplesLoss(
+        "sinkhorn",
+        p=2,
+        blur=blur,
+        scaling=scaling,
+        debias=True,
+        diameter=max((hi - lo).item(), blur),
+        backend="tensorized",
+    )
+    members = []
+    for ids in groups.values():
+        present, counts = torch.unique(ids, return_counts=True)
+        for gid, count in zip(present.tolist(), counts.tolist(), strict=True):
+            if gid >= 0 and count >= min_group_size:
+                members.append(torch.nonzero(ids == gid).flatten())
+    b = values.numel()
+    width = max(int(idx.numel()) for idx in members)
+    index = torch.stack([torch.cat([i, i[:1].expand(width - i.numel())]) for i in members])
+    weights = torch.stack(
+        [
+            torch.cat(
+                [
+                    values.new_full((i.numel(),), 1.0 / i.numel()),
+                    values.new_zeros(width - i.numel()),
+                ]
+            )
+            for i in members
+        ]
+    )
+    x = values.index_select(0, index.flatten()).view(*index.shape, 1)
+    y = values.expand(len(members), b).unsqueeze(-1).contiguous()
+    return loss(weights, x, values.new_full((len(members), b), 1.0 / b), y).sum()
+
+
+def fairvlmed_batch(b: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss-like values and the four FairVLMed attributes (with unknowns), one group worse off."""
+    values = loss_like(b, seed)
+    g = torch.Generator().manual_seed(2000 + seed)
+    groups = {
+        "race": torch.randint(-1, 3, (b,), generator=g),
+        "gender": torch.randint(0, 2, (b,), generator=g),
+        "ethnicity": torch.randint(-1, 2, (b,), generator=g),
+        "language": torch.randint(-1, 3, (b,), generator=g),
+    }
+    return values + 0.3 * (groups["race"] == 2), groups
+
+
+def count_ops(fn, values: torch.Tensor, groups: dict[str, torch.Tensor]) -> int:
+    """aten operations (all profiler events, nested ones included) of one forward+backward."""
+    v = values.clone().requires_grad_(True)
+    fn(v, groups).backward()  # warm-up
+    v = values.clone().requires_grad_(True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(v, groups).backward()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
+def part_term(batch_sizes: list[int], seeds: int) -> list[dict]:
+    exact = SinkhornFairnessLoss(backend="exact1d")
+    methods = [
+        ("exact1d", exact, False),
+        ("geomloss", SinkhornFairnessLoss(), False),
+        ("geomloss", SinkhornFairnessLoss(), True),
+        ("samplesloss (before)", samplesloss_terms, False),
+        ("samplesloss (before)", samplesloss_terms, True),
+    ]
+    rows = []
+    print(
+        f"\n## fairness term, 4 FairVLMed attributes, forward+backward, "
+        f"{torch.get_num_threads()} thread(s); error / cosine: worst of {seeds} seeds vs exact1d"
+    )
+    print(
+        f"{'B':>4} {'method':<22} {'flush':>5} {'ms':>8} {'vs before':>9} {'rel err':>8} "
+        f"{'grad cos':>8} {'aten ops':>8}"
+    )
+    for b in batch_sizes:
+        batch_rows = []
+        for name, fn, flush in methods:
+            torch.set_flush_denormal(flush)
+            times, errs, coss = [], [], []
+            for seed in range(seeds):
+                values, groups = fairvlmed_batch(b, seed)
+                t, value, grad = time_fwd_bwd(fn, values, groups, budget_s=0.3)
+                _, v_exact, g_exact = time_fwd_bwd(exact, values, groups, budget_s=0.0)
+                times.append(t)
+                errs.append(abs(value - v_exact) / v_exact)
+                coss.append(float(torch.nn.functional.cosine_similarity(grad, g_exact, dim=0)))
+            ops = count_ops(fn, *fairvlmed_batch(b, 0))
+            batch_rows.append(
+                {
+                    "batch": b,
+                    "method": name,
+                    "flush_denormal": flush,
+                    "median_s": statistics.median(times),
+                    "max_rel_err": max(errs),
+                    "min_grad_cos": min(coss),
+                    "aten_ops": ops,
+                }
+            )
+        for row in batch_rows:  # ratio to the old path under the same denormal setting
+            before = next(
+                r
+                for r in batch_rows
+                if r["method"].startswith("samplesloss")
+                and r["flush_denormal"] == row["flush_denormal"]
+            )
+            row["speedup_vs_before"] = before["median_s"] / row["median_s"]
+            row["ops_ratio_vs_before"] = row["aten_ops"] / before["aten_ops"]
+            print(
+                f"{b:>4} {row['method']:<22} {'on' if row['flush_denormal'] else 'off':>5} "
+                f"{row['median_s'] * 1e3:>8.2f} {row['speedup_vs_before']:>8.1f}x "
+                f"{row['max_rel_err']:>8.4f} {row['min_grad_cos']:>8.4f} {row['aten_ops']:>8}",
+                flush=True,
+            )
+        rows.extend(batch_rows)
+    torch.set_flush_denormal(True)
+    return rows
 
 
 def part_speed(sizes: list[int]) -> list[dict]:
@@ -112,8 +254,7 @@ def part_defaults(batch_sizes: list[int], grid: list[tuple[float, float]], seeds
     rows = []
     print("\n## choice of defaults: GeomLoss vs exact (worst over seeds), time per fwd+bwd")
     print(
-        f"{'B':>5} {'blur':>7} {'scaling':>7} {'max |rel err|':>13} "
-        f"{'min grad cos':>12} {'ms':>8}"
+        f"{'B':>5} {'blur':>7} {'scaling':>7} {'max |rel err|':>13} {'min grad cos':>12} {'ms':>8}"
     )
     for b in batch_sizes:
         for blur, scaling in grid:
@@ -158,7 +299,7 @@ def main() -> None:
     parser.add_argument(
         "--max-n", type=int, default=4096, help="largest batch in part 1 (16384 for the full table)"
     )
-    parser.add_argument("--part", choices=["all", "speed", "defaults"], default="all")
+    parser.add_argument("--part", choices=["all", "term", "speed", "defaults"], default="all")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     if args.threads:
@@ -176,6 +317,8 @@ def main() -> None:
     ]
     if args.quick:
         grid = grid[:4]
+    run_term = args.part in ("all", "term")
+    term = part_term([16, 32, 64], seeds=3 if args.quick else 5) if run_term else []
     speed = part_speed(sizes) if args.part in ("all", "speed") else []
     defaults = (
         part_defaults([32, 128] if args.quick else [32, 128, 512], grid, seeds=3)
@@ -185,6 +328,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     if args.part != "all" and RESULTS.exists():  # keep the other part of an earlier run
         earlier = json.loads(RESULTS.read_text())
+        term = term or earlier.get("term", [])
         speed = speed or earlier.get("speed", [])
         defaults = defaults or earlier.get("defaults", [])
     meta = {
@@ -192,11 +336,12 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "timing": "best of k (first call when it exceeds the budget)",
         "machine": platform.platform(),
-        "flush_denormal": True,
+        "flush_denormal": "part 0: both, as marked; parts 1-2: on",
         "default_blur": DEFAULT_BLUR,
         "default_scaling": DEFAULT_SCALING,
     }
-    RESULTS.write_text(json.dumps({"meta": meta, "speed": speed, "defaults": defaults}, indent=2))
+    out = {"meta": meta, "term": term, "speed": speed, "defaults": defaults}
+    RESULTS.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {RESULTS}")
 
 
