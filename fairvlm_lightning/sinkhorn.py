@@ -253,8 +253,8 @@ class SinkhornFairnessLoss(nn.Module):
         >>> sorted(terms)
         ['gender/0', 'gender/1', 'race/0']
         >>> # quantiles of {0, 1} vs {0, 1, 2, 3} on quarters of [0, 1]: (0-0, 0-1, 1-2, 1-3)
-        >>> terms["gender/0"]  # (0 + 1 + 1 + 4) / 4 / 2
-        tensor(0.7500, grad_fn=<DivBackward0>)
+        >>> terms["gender/0"].item()  # (0 + 1 + 1 + 4) / 4 / 2
+        0.75
         >>> total.backward()
         >>> values.grad.shape
         torch.Size([4])
