@@ -419,6 +419,10 @@ def main() -> None:
         "fairness_weight": FAIRNESS_WEIGHT,
         "real_size": "plain CLIP steps measured; other methods = plain + their measured extra work",
     }
+    if RESULTS.exists() and (not tiny or not real):  # keep the skipped part of an earlier run
+        earlier = json.loads(RESULTS.read_text()).get("results", [])
+        tiny = tiny or [r for r in earlier if r["size"] == "tiny"]
+        real = real or [r for r in earlier if r["size"] != "tiny"]
     RESULTS.write_text(json.dumps({"meta": meta, "results": tiny + real}, indent=1))
     print(f"wrote {RESULTS}")
 
