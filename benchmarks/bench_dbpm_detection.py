@@ -138,8 +138,30 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- one training run
 def run_one(job: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """Train one cell with one driving rule; returns per-epoch metrics of every rule."""
+    """Train one cell with one driving rule; returns per-epoch metrics of every rule.
+
+    Finished runs are cached as JSON under ``.fairvlm_cache/bench_dbpm/runs`` (keyed by the cell,
+    the seed, the driving rule and the candidate set), so an interrupted benchmark resumes.
+    """
+    import hashlib
     import warnings
+
+    key = json.dumps(
+        [
+            job["rate"],
+            job["concentration"],
+            job["seed"],
+            job["driver"],
+            quick,
+            sorted(candidates(quick)),
+            EPOCHS,
+            WARMUP,
+            bool(job.get("keep_stats")),
+        ]
+    )
+    cached = CACHE / "runs" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
 
     import lightning.pytorch as pl
     import torch
@@ -273,6 +295,8 @@ def run_one(job: dict[str, Any], quick: bool) -> dict[str, Any]:
         out["final_stats"] = {k: v.tolist() for k, v in shadows.stats.items()}
         out["race"] = shadows.groups["race"].tolist()
         out["is_bad_pair"] = shadows.bad.tolist()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(out, default=float))
     print(
         f"  done rate={rate:g} conc={conc:g} seed={seed} driver={job['driver']} "
         f"data {t_data:.0f}s train {t_train:.0f}s",
@@ -337,7 +361,7 @@ def summarise(runs: list[dict[str, Any]], rule: str, epoch: int = -1) -> dict[st
 
 
 HEADER = (
-    f"{'rate':>5} {'conc':>4} {'rule':<24} {'precision':>11} {'recall':>11} "
+    f"{'rate':>5} {'conc':>4} {'n':>2} {'rule':<24} {'precision':>11} {'recall':>11} "
     f"{'rec Asian':>11} {'rec Black':>11} {'rec White':>11} {'clean ratio':>11} "
     f"{'AUROC':>11} {'AUROC minor':>11}  targets P/R/minR/ratio"
 )
@@ -351,7 +375,8 @@ def table_row(rate: float, conc: float, label: str, s: dict[str, Any]) -> str:
     )
     minor = [min(a, b) for a, b in zip(s["auroc_race0"], s["auroc_race1"], strict=True)]
     return (
-        f"{rate:>5.2f} {conc:>4.1f} {label:<24} {mean_std(s['precision']):>11} "
+        f"{rate:>5.2f} {conc:>4.1f} {len(s['precision']):>2} {label:<24} "
+        f"{mean_std(s['precision']):>11} "
         f"{mean_std(s['recall']):>11} {mean_std(s['recall_race0']):>11} "
         f"{mean_std(s['recall_race1']):>11} {mean_std(s['recall_race2']):>11} "
         f"{mean_std(s['clean_flag_ratio']):>11} {mean_std(s['auroc']):>11} "
@@ -409,6 +434,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
     parser.add_argument("--out", type=Path, default=RESULTS / "dbpm_detection.json")
+    parser.add_argument(
+        "--selected",
+        help="skip the selection phase and report this rule (chosen by an earlier run's "
+        "selection; its ranking is in that run's log/JSON)",
+    )
+    parser.add_argument(
+        "--other-cell-seeds",
+        type=int,
+        default=len(REPORT_SEEDS),
+        help="report seeds for the cells other than the default one (fewer = faster; the "
+        "protocol is 3)",
+    )
+    parser.add_argument(
+        "--paper-driver-seeds",
+        type=int,
+        default=len(REPORT_SEEDS),
+        help="report seeds on which the default cell is also trained with the paper's rule "
+        "driving the weights (the protocol is 3)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
@@ -421,9 +465,16 @@ def main() -> None:
             {"rate": r, "concentration": c, "seed": s, "driver": "paper"}
             for r, c, s in SELECTION_RUNS
         ]
+    if args.selected is not None:
+        if args.selected not in rules:
+            raise SystemExit(f"--selected {args.selected!r} is not a candidate: {sorted(rules)}")
+        sel_jobs = []
     print(f"selection: {len(sel_jobs)} runs, {len(rules)} candidate rules", flush=True)
     sel_runs = pool_map(sel_jobs, args.quick, args.workers)
-    chosen, ranking = select(sel_runs, list(rules))
+    if args.selected is not None:
+        chosen, ranking = args.selected, []
+    else:
+        chosen, ranking = select(sel_runs, list(rules))
     print(f"\nselection ranking (mean over {len(sel_runs)} selection runs, final flags):")
     print(f"{'rule':<26} {'F1':>6} {'prec':>6} {'recall':>6} {'minR':>6} {'ratio':>6}")
     for r in ranking[:12]:
@@ -431,7 +482,7 @@ def main() -> None:
             f"{r['rule']:<26} {r['f1']:6.3f} {r['precision']:6.3f} {r['recall']:6.3f} "
             f"{r['min_minority_recall']:6.3f} {r['clean_flag_ratio']:6.2f}"
         )
-    paper_rank = next(i for i, r in enumerate(ranking) if r["rule"] == "paper")
+    paper_rank = next((i for i, r in enumerate(ranking) if r["rule"] == "paper"), -1)
     print(f"... paper at rank {paper_rank + 1} of {len(ranking)}; selected: {chosen}\n", flush=True)
 
     if args.quick:
@@ -440,16 +491,22 @@ def main() -> None:
     else:
         cells = list(itertools.product(RATES, CONCENTRATIONS))
         seeds = REPORT_SEEDS
-    rep_jobs = [
-        {"rate": r, "concentration": c, "seed": s, "driver": chosen}
-        for (r, c), s in itertools.product(cells, seeds)
-    ]
     default = cells[0] if args.quick else DEFAULT_CELL
+    # the default cell first, then the paper-driven runs, then the other cells
+    rep_jobs = [
+        {"rate": default[0], "concentration": default[1], "seed": s, "driver": chosen}
+        for s in seeds
+    ]
     if chosen != "paper":
         rep_jobs += [
             {"rate": default[0], "concentration": default[1], "seed": s, "driver": "paper"}
-            for s in seeds
+            for s in seeds[: args.paper_driver_seeds]
         ]
+    rep_jobs += [
+        {"rate": r, "concentration": c, "seed": s, "driver": chosen}
+        for (r, c), s in itertools.product(cells, seeds[: args.other_cell_seeds])
+        if (r, c) != default
+    ]
     for j in rep_jobs:
         j["keep_stats"] = (j["rate"], j["concentration"]) == default and j["seed"] == seeds[0]
     print(f"report: {len(rep_jobs)} runs", flush=True)
@@ -473,7 +530,7 @@ def main() -> None:
             f"{chosen} (drives)": summarise(runs, "driver"),
             "paper (shadow)": summarise(runs, "paper"),
         }
-        if chosen != "paper" and cell == default:
+        if chosen != "paper" and cell == default and runs_of(cell, "paper"):
             lines["paper (drives)"] = summarise(runs_of(cell, "paper"), "driver")
             lines[f"{chosen} (shadow of paper)"] = summarise(runs_of(cell, "paper"), chosen)
         summary[f"rate={cell[0]:g},conc={cell[1]:g}"] = lines
@@ -489,6 +546,7 @@ def main() -> None:
     per_epoch = {}
     for label, runs, rule in (
         (f"{chosen} (drives)", runs_of(default, chosen), "driver"),
+        ("paper (shadow)", runs_of(default, chosen), "paper"),
         (
             "paper (drives)",
             runs_of(default, "paper") or runs_of(default, chosen),
@@ -534,6 +592,9 @@ def main() -> None:
         "candidates": {k: {**v, "scope": list(v["scope"])} for k, v in rules.items()},
         "selection_ranking": ranking,
         "selected": chosen,
+        "selected_by": "--selected" if args.selected else "selection runs",
+        "other_cell_seeds": args.other_cell_seeds,
+        "paper_driver_seeds": args.paper_driver_seeds,
         "summary": summary,
         "per_epoch_default_cell": per_epoch,
         "selection_runs": sel_runs,
