@@ -6,7 +6,8 @@ Measured side by side in one run on the same machine:
   at batch 256: forward, per-pair CLIP loss, backward, AdamW step;
 * the DBPM work added to that step: ``weights`` (before reducing) + ``record`` (after), with the
   pair table at 10**6 pairs and flags active;
-* ``end_epoch`` (fold + mu/sigma + flags) at 10**6 and 10**7 pairs;
+* ``end_epoch`` (fold + mu/sigma + flags) at 10**6 and 10**7 pairs, and at 10**7 pairs for each
+  option (recency-weighted statistic, median/MAD, per-group thresholds over 3 or 3 x 2 groups);
 * bytes per pair: the state's tensors, and the resident-memory growth measured by the OS.
 
 Usage::
@@ -75,25 +76,46 @@ def _fill_epoch(miner: BadPairMiner, gen: torch.Generator, chunk: int = 1 << 20)
         miner.record(index, losses)
 
 
-def memory_and_end_epoch(num_pairs: int, device: torch.device, repeats: int) -> dict:
+#: end_epoch variants timed at 10**7 pairs (the paper's rule first)
+VARIANTS: dict[str, dict] = {
+    "paper": {},
+    "statistic=ema": {"statistic": "ema"},
+    "location=median": {"location": "median"},
+    "scope=race": {"scope": ("race",)},
+    "scope=race,location=median": {"scope": ("race",), "location": "median"},
+    "scope=race+gender": {"scope": ("race", "gender")},
+}
+
+
+def memory_and_end_epoch(
+    num_pairs: int, device: torch.device, repeats: int, options: dict | None = None
+) -> dict:
+    options = options or {}
     gen = torch.Generator().manual_seed(0)
+    # one int8 per pair and scope attribute, kept by the caller (the callback's group_values)
+    groups = {
+        "race": torch.randint(-1, 3, (num_pairs,), generator=gen, dtype=torch.int8).to(device),
+        "gender": torch.randint(0, 2, (num_pairs,), generator=gen, dtype=torch.int8).to(device),
+    }
     rss0, peak0 = _rss_bytes(), _max_rss_bytes()
-    miner = BadPairMiner(num_pairs, device=device)
+    miner = BadPairMiner(num_pairs, device=device, **options)
     _fill_epoch(miner, gen)
-    miner.end_epoch()
+    miner.end_epoch(groups=groups)
     rss1 = _rss_bytes()
     times = []
     for _ in range(repeats):
         _fill_epoch(miner, gen)
         _sync(device)
         t0 = time.perf_counter()
-        miner.end_epoch()
+        miner.end_epoch(groups=groups)
         _sync(device)
         times.append(time.perf_counter() - t0)
     peak1 = _max_rss_bytes()
     return {
         "num_pairs": num_pairs,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
         "state_bytes_per_pair": miner.bytes_per_pair,
+        "group_bytes_per_pair": len(miner.scope),
         "rss_growth_bytes_per_pair": (rss1 - rss0) / num_pairs if device.type == "cpu" else None,
         "peak_rss_growth_bytes_per_pair": (
             max(peak1 - peak0, 0) / num_pairs if device.type == "cpu" else None
@@ -187,6 +209,11 @@ def main() -> None:
     # memory first, while the process is small (peak RSS growth is then attributable)
     sizes = [10**6] if args.quick else [10**6, 10**7]
     mem = [memory_and_end_epoch(n, device, repeats=3) for n in sizes]
+    big = sizes[-1]
+    variants = {
+        name: memory_and_end_epoch(big, device, repeats=3, options=opts)
+        for name, opts in VARIANTS.items()
+    }
     steps = step_costs(device, repeats)
 
     print(
@@ -217,6 +244,14 @@ def main() -> None:
             f"{(f'{peak:.1f}' if peak is not None else '-'):>17}"
         )
 
+    print()
+    print(f"end_epoch at {big:,} pairs by option (ratio to the paper's rule, same run)")
+    print(f"{'variant':<30}{'end_epoch ms':>14}{'ratio':>8}{'B/pair (state+groups)':>24}")
+    for name, m in variants.items():
+        ratio = m["end_epoch_s"] / variants["paper"]["end_epoch_s"]
+        total = m["state_bytes_per_pair"] + m["group_bytes_per_pair"]
+        print(f"{name:<30}{m['end_epoch_s'] * 1e3:>14.1f}{ratio:>8.2f}{total:>24.1f}")
+
     out = Path(__file__).parent / "results" / "bench_mining.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -230,6 +265,7 @@ def main() -> None:
             "dbpm_over_clip_step": steps["dbpm_record_plus_weights_s"] / base,
         },
         "end_epoch_and_memory": mem,
+        "end_epoch_by_option": variants,
     }
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")

@@ -59,9 +59,12 @@ from torch import Tensor
 from fairvlm_lightning.mining import (
     FAULTY,
     NOISY,
+    PAPER_SETTINGS,
     BadPairMiner,
+    Location,
+    Statistic,
     Weighting,
-    _dist_rank_world,
+    dist_rank_world,
     validate_hparams,
 )
 
@@ -87,8 +90,19 @@ class DynamicBadPairMining(Callback):
     ``a`` in ``group_keys`` and each group ``g`` among the pairs with history
     ``dbpm/{a}/flagged_count_group_{g}`` and ``dbpm/{a}/flagged_rate_group_{g}`` (flagged
     pairs of the group / pairs of the group with history; ``g`` is ``unknown`` for -1). These
-    are the flags for the *next* epoch. To know each pair's group the callback stores, per key,
-    the last value seen in a batch: one int8 per pair (values must lie in [-1, 127]).
+    are the flags for the *next* epoch. To know each pair's group the callback stores, per key
+    of ``group_keys`` and ``scope``, the last value seen in a batch: one int8 per pair (values
+    must lie in [-1, 127]). With a ``scope`` of one attribute ``a`` it also logs
+    ``dbpm/{a}/threshold_faulty_group_{g}`` (the group's own threshold, or the global one
+    it falls back to).
+
+    With ``truth_key`` (e.g. ``"is_bad_pair"`` on the synthetic twin: a (B,) bool/0-1 batch
+    entry that says which pairs are truly bad) it also stores one int8 per pair and logs, for
+    the *faulty* flags (a bad pair is a mismatched, hard pair): ``dbpm/num_bad``,
+    ``dbpm/num_flagged_bad``, ``dbpm/precision``, ``dbpm/recall``, and per group of each key in
+    ``group_keys``: ``dbpm/{a}/precision_group_{g}``, ``dbpm/{a}/recall_group_{g}`` and
+    ``dbpm/{a}/clean_flag_rate_group_{g}`` (clean pairs flagged faulty / clean pairs). Only
+    pairs with history count; NaN where a ratio has no denominator.
 
     With ``export_dir``, rank 0 writes ``dbpm_flagged_epoch_{e:04d}.csv`` after epoch ``e``:
     one row per flagged pair with ``index``, ``history_mean``, ``num_epochs``, ``flag``
@@ -105,6 +119,15 @@ class DynamicBadPairMining(Callback):
         beta_noisy: see :class:`~fairvlm_lightning.mining.BadPairMiner`.
         beta_faulty: see :class:`~fairvlm_lightning.mining.BadPairMiner`.
         weighting: ``"gaussian_pdf"`` (paper), ``"gaussian"`` or ``"zero"``.
+        statistic: ``"mean"`` (paper) or ``"ema"``; see
+            :class:`~fairvlm_lightning.mining.BadPairMiner`.
+        location: ``"mean"`` (paper: mean/std) or ``"median"`` (median/MAD).
+        scope: batch entries whose groups get their own thresholds (``()``: global, the paper).
+        min_group_size: groups with fewer pairs with history use the global thresholds.
+        ema_decay: weight of the newest epoch for ``statistic="ema"``.
+        max_weight: cap on a flagged pair's weight (``None``: no cap, the paper).
+        truth_key: batch entry with the ground truth of bad pairs (synthetic data), for the
+            precision/recall logs; ``None``: none.
         group_keys: batch entries (e.g. ``("race", "gender")``) whose flagged count and rate
             per group are logged and exported.
         export_dir: folder for the per-epoch CSV of flagged pairs (``None``: no export).
@@ -119,12 +142,34 @@ class DynamicBadPairMining(Callback):
         beta_noisy: float = 3.0,
         beta_faulty: float = 3.0,
         weighting: Weighting = "gaussian_pdf",
+        statistic: Statistic = "mean",
+        location: Location = "mean",
+        scope: Sequence[str] = (),
+        min_group_size: int = 50,
+        ema_decay: float = 0.5,
+        max_weight: float | None = None,
+        truth_key: str | None = None,
         group_keys: Sequence[str] = (),
         export_dir: str | os.PathLike[str] | None = None,
         prefix: str = "dbpm",
     ) -> None:
         super().__init__()
-        validate_hparams(num_pairs, warmup_epochs, beta_noisy, beta_faulty, weighting)
+        scope = (scope,) if isinstance(scope, str) else tuple(scope)
+        validate_hparams(
+            num_pairs,
+            warmup_epochs,
+            beta_noisy,
+            beta_faulty,
+            weighting,
+            statistic=statistic,
+            location=location,
+            scope=scope,
+            min_group_size=min_group_size,
+            ema_decay=ema_decay,
+            max_weight=max_weight,
+        )
+        if truth_key is not None and not isinstance(truth_key, str):
+            raise TypeError(f"truth_key must be a string or None, got {truth_key!r}")
         if isinstance(group_keys, str):
             group_keys = (group_keys,)
         group_keys = tuple(group_keys)
@@ -138,7 +183,15 @@ class DynamicBadPairMining(Callback):
         self.beta_noisy = beta_noisy
         self.beta_faulty = beta_faulty
         self.weighting = weighting
+        self.statistic = statistic
+        self.location = location
+        self.scope = scope
+        self.min_group_size = min_group_size
+        self.ema_decay = ema_decay
+        self.max_weight = max_weight
+        self.truth_key = truth_key
         self.group_keys = group_keys
+        self.truth: Tensor | None = None
         self.export_dir = Path(export_dir) if export_dir is not None else None
         self.prefix = prefix
         self.miner: BadPairMiner | None = None
@@ -148,6 +201,26 @@ class DynamicBadPairMining(Callback):
         self._last_folded_epoch = -1
         self._recorded_epoch = -1
 
+    @classmethod
+    def paper(cls, **kwargs: Any) -> DynamicBadPairMining:
+        """The paper's rule exactly (:data:`~fairvlm_lightning.mining.PAPER_SETTINGS`).
+
+        Global mean/std thresholds on the history mean, beta = 3/3, ``"gaussian_pdf"`` weights
+        without a cap, warm-up 1; ``kwargs`` add logging (``group_keys``, ``truth_key``, ...) or
+        override a setting explicitly.
+
+        Example:
+            >>> cb = DynamicBadPairMining.paper(group_keys=["race"])
+            >>> cb.scope, cb.location, cb.statistic, cb.beta_faulty, cb.weighting
+            ((), 'mean', 'mean', 3.0, 'gaussian_pdf')
+        """
+        settings: dict[str, Any] = dict(PAPER_SETTINGS)
+        settings.update(kwargs)
+        return cls(**settings)
+
+    def _stored_keys(self) -> tuple[str, ...]:
+        return self.group_keys + tuple(k for k in self.scope if k not in self.group_keys)
+
     # ------------------------------------------------------------------ miner construction
     def _build(self, num_pairs: int, device: torch.device | str = "cpu") -> None:
         self.miner = BadPairMiner(
@@ -156,12 +229,20 @@ class DynamicBadPairMining(Callback):
             beta_noisy=self.beta_noisy,
             beta_faulty=self.beta_faulty,
             weighting=self.weighting,
+            statistic=self.statistic,
+            location=self.location,
+            scope=self.scope,
+            min_group_size=self.min_group_size,
+            ema_decay=self.ema_decay,
+            max_weight=self.max_weight,
             device=device,
         )
         self.group_values = {
             key: torch.full((num_pairs,), -1, dtype=torch.int8, device=device)
-            for key in self.group_keys
+            for key in self._stored_keys()
         }
+        if self.truth_key is not None:
+            self.truth = torch.full((num_pairs,), -1, dtype=torch.int8, device=device)
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self._apply_state(state)
@@ -198,6 +279,8 @@ class DynamicBadPairMining(Callback):
         device = pl_module.device
         self.miner.to(device)
         self.group_values = {k: v.to(device) for k, v in self.group_values.items()}
+        if self.truth is not None:
+            self.truth = self.truth.to(device)
 
     # ------------------------------------------------------------------ module-facing API
     def pair_weights(self, index: Tensor, losses: Tensor) -> Tensor:
@@ -252,11 +335,16 @@ class DynamicBadPairMining(Callback):
                 f"{type(index).__name__}"
             )
         assert self.miner is not None, "on_train_start builds the miner"
-        groups = {key: self._check_group(key, index, batch) for key in self.group_keys}
+        groups = {key: self._check_group(key, index, batch) for key in self._stored_keys()}
+        truth = self._check_truth(index, batch) if self.truth_key is not None else None
         self.miner.record(index, losses)  # validates index and losses before writing
         for key, values in groups.items():
             target = self.group_values[key]
             target[index.to(target.device, torch.long)] = values.to(target.device, torch.int8)
+        if truth is not None and self.truth is not None:
+            self.truth[index.to(self.truth.device, torch.long)] = truth.to(
+                self.truth.device, torch.int8
+            )
         self._recorded_epoch = trainer.current_epoch
 
     def _check_group(self, key: str, index: Tensor, batch: Any) -> Tensor:
@@ -281,6 +369,25 @@ class DynamicBadPairMining(Callback):
                 )
         return values
 
+    def _check_truth(self, index: Tensor, batch: Any) -> Tensor:
+        key = self.truth_key
+        if not isinstance(batch, Mapping) or key not in batch:
+            raise ValueError(f"DynamicBadPairMining: truth_key {key!r} is not in the batch")
+        values = batch[key]
+        if not isinstance(values, Tensor) or tuple(values.shape) != tuple(index.shape):
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(
+                f"DynamicBadPairMining: batch[{key!r}] must be a tensor of shape "
+                f"{tuple(index.shape)} like index, got {got}"
+            )
+        if values.is_floating_point() or values.is_complex():
+            raise ValueError(f"batch[{key!r}] must be bool or 0/1 integers, got {values.dtype}")
+        if values.numel() and values.dtype != torch.bool:
+            lo, hi = (int(v) for v in torch.aminmax(values))
+            if lo < 0 or hi > 1:
+                raise ValueError(f"batch[{key!r}] must hold 0/1, got values in [{lo}, {hi}]")
+        return values
+
     # ------------------------------------------------------------------ epoch boundaries
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fold a recorded epoch whose end was checkpointed before it was folded (resume)."""
@@ -297,8 +404,8 @@ class DynamicBadPairMining(Callback):
 
     def _fold(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         assert self.miner is not None
-        self.miner.end_epoch()
         self._sync_groups()
+        self.miner.end_epoch(groups={k: self.group_values[k] for k in self.scope} or None)
         self._last_folded_epoch = epoch
         self.last_metrics = self.epoch_metrics()
         pl_module.log_dict(
@@ -308,10 +415,12 @@ class DynamicBadPairMining(Callback):
             self.export_flagged(self.export_dir / f"dbpm_flagged_epoch_{epoch:04d}.csv")
 
     def _sync_groups(self) -> None:
-        _, world = _dist_rank_world()
+        _, world = dist_rank_world()
         if world > 1:
             for values in self.group_values.values():
                 dist.all_reduce(values, op=dist.ReduceOp.MAX)
+            if self.truth is not None:
+                dist.all_reduce(self.truth, op=dist.ReduceOp.MAX)
 
     def epoch_metrics(self) -> dict[str, float]:
         """The numbers logged after an epoch (see the class docstring for the names)."""
@@ -344,6 +453,45 @@ class DynamicBadPairMining(Callback):
                 g = "unknown" if b == 0 else str(b - 1)
                 out[f"{p}/{key}/flagged_count_group_{g}"] = float(n_bad)
                 out[f"{p}/{key}/flagged_rate_group_{g}"] = n_bad / n_total
+        if len(self.scope) == 1:
+            for row in self.miner.group_table:
+                g = row["group"][0]
+                out[f"{p}/{self.scope[0]}/threshold_faulty_group_{g}"] = row["threshold_faulty"]
+        if self.truth is not None:
+            out.update(self._truth_metrics(has))
+        return out
+
+    def _truth_metrics(self, has: Tensor) -> dict[str, float]:
+        """Precision/recall of the faulty flags against the stored ground truth."""
+        assert self.miner is not None and self.truth is not None
+        p = self.prefix
+        known = has & (self.truth >= 0)
+        bad = (self.truth == 1) & known
+        clean = (self.truth == 0) & known
+        faulty = self.miner.faulty_mask & known
+
+        def ratio(num: Tensor, den: Tensor) -> float:
+            d = int(den.sum())
+            return int(num.sum()) / d if d else float("nan")
+
+        out = {
+            f"{p}/num_bad": float(bad.sum()),
+            f"{p}/num_flagged_bad": float((faulty & bad).sum()),
+            f"{p}/precision": ratio(faulty & bad, faulty),
+            f"{p}/recall": ratio(faulty & bad, bad),
+            f"{p}/clean_flag_rate": ratio(faulty & clean, clean),
+        }
+        for key, values in self.group_values.items():
+            if key not in self.group_keys:
+                continue
+            for g in torch.unique(values[known]).tolist():
+                name = "unknown" if g < 0 else str(g)
+                in_g = values == g
+                out[f"{p}/{key}/precision_group_{name}"] = ratio(faulty & bad & in_g, faulty & in_g)
+                out[f"{p}/{key}/recall_group_{name}"] = ratio(faulty & bad & in_g, bad & in_g)
+                out[f"{p}/{key}/clean_flag_rate_group_{name}"] = ratio(
+                    faulty & clean & in_g, clean & in_g
+                )
         return out
 
     def export_flagged(self, path: str | os.PathLike[str]) -> Path:
@@ -388,6 +536,7 @@ class DynamicBadPairMining(Callback):
             "group_values": {
                 k: v.detach().to("cpu", copy=True) for k, v in self.group_values.items()
             },
+            **({} if self.truth is None else {"truth": self.truth.detach().to("cpu", copy=True)}),
             "last_folded_epoch": self._last_folded_epoch,
             "recorded_epoch": self._recorded_epoch,
         }
@@ -419,6 +568,13 @@ class DynamicBadPairMining(Callback):
                     f"{tuple(target.shape)}"
                 )
             target.copy_(values)
+        truth = state.get("truth")
+        if self.truth is not None and isinstance(truth, Tensor):
+            if truth.shape != self.truth.shape:
+                raise ValueError(
+                    f"DynamicBadPairMining state: truth must have shape {tuple(self.truth.shape)}"
+                )
+            self.truth.copy_(truth)
         self._last_folded_epoch = int(state.get("last_folded_epoch", -1))
         self._recorded_epoch = int(state.get("recorded_epoch", -1))
 

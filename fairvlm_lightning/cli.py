@@ -105,34 +105,44 @@ def format_fairness_table(
 
 
 def dbpm_summary(metrics: Mapping[str, Any]) -> str:
-    """One line on Dynamic Bad Pair Mining's last training epoch, from the logged metrics.
+    """One line on Dynamic Bad Pair Mining's last training epoch, from the callback's logs.
 
-    Uses ``dbpm/num_faulty`` and ``dbpm/num_noisy`` (the callback) and, on data with a ground
-    truth ``is_bad_pair`` (the synthetic twin), the epoch sums ``train/dbpm_flagged_pairs``,
-    ``train/dbpm_flagged_bad_pairs`` and ``train/bad_pairs`` (the module). Empty without DBPM.
+    Reads only the ``dbpm/*`` logs of :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining`:
+    ``dbpm/num_faulty`` and ``dbpm/num_noisy``, and, when the callback has a ``truth_key`` (the
+    synthetic twin's ``is_bad_pair``), ``dbpm/num_flagged_bad``, ``dbpm/num_bad``,
+    ``dbpm/precision``, ``dbpm/recall`` and the per-group ``dbpm/race/recall_group_{g}`` and
+    ``dbpm/race/precision_group_{g}`` (for each attribute logged). Empty without DBPM.
 
     Example:
         >>> print(dbpm_summary({"dbpm/num_faulty": 12.0, "dbpm/num_noisy": 3.0,
-        ...     "train/dbpm_flagged_pairs": 15.0, "train/dbpm_flagged_bad_pairs": 9.0,
-        ...     "train/bad_pairs": 200.0}))
-        DBPM: 12 faulty + 3 noisy pairs flagged; 9 of the 15 pairs flagged in the last epoch are true bad pairs (precision 0.600, recall 0.045 of 200)
+        ...     "dbpm/num_flagged_bad": 9.0, "dbpm/num_bad": 200.0, "dbpm/precision": 0.75,
+        ...     "dbpm/recall": 0.045, "dbpm/race/recall_group_0": 0.02,
+        ...     "dbpm/race/precision_group_0": 0.5}))
+        DBPM: 12 faulty + 3 noisy pairs flagged; 9 of the 12 pairs flagged faulty are true bad pairs (precision 0.750, recall 0.045 of 200); race recall/precision: Asian 0.020/0.500
     """  # noqa: E501
     if "dbpm/num_faulty" not in metrics:
         return ""
-    line = (
-        f"DBPM: {_value(metrics, 'dbpm/num_faulty'):.0f} faulty + "
-        f"{_value(metrics, 'dbpm/num_noisy'):.0f} noisy pairs flagged"
+    faulty = _value(metrics, "dbpm/num_faulty")
+    noisy = _value(metrics, "dbpm/num_noisy")
+    line = f"DBPM: {faulty:.0f} faulty + {noisy:.0f} noisy pairs flagged"
+    hits = _value(metrics, "dbpm/num_flagged_bad")
+    bad = _value(metrics, "dbpm/num_bad")
+    if math.isnan(hits) or math.isnan(bad):
+        return line
+    line += (
+        f"; {hits:.0f} of the {faulty:.0f} pairs flagged faulty are true bad pairs (precision "
+        f"{_fmt(_value(metrics, 'dbpm/precision'))}, recall "
+        f"{_fmt(_value(metrics, 'dbpm/recall'))} of {bad:.0f})"
     )
-    flagged = _value(metrics, "train/dbpm_flagged_pairs")
-    hits = _value(metrics, "train/dbpm_flagged_bad_pairs")
-    bad = _value(metrics, "train/bad_pairs")
-    if not any(math.isnan(v) for v in (flagged, hits, bad)):
-        precision = hits / flagged if flagged else math.nan
-        recall = hits / bad if bad else math.nan
-        line += (
-            f"; {hits:.0f} of the {flagged:.0f} pairs flagged in the last epoch are true bad "
-            f"pairs (precision {_fmt(precision)}, recall {_fmt(recall)} of {bad:.0f})"
-        )
+    for attr, names in GROUP_NAMES.items():
+        parts = []
+        for g, name in enumerate(names):
+            recall = _value(metrics, f"dbpm/{attr}/recall_group_{g}")
+            precision = _value(metrics, f"dbpm/{attr}/precision_group_{g}")
+            if f"dbpm/{attr}/recall_group_{g}" in metrics:
+                parts.append(f"{name} {_fmt(recall).strip()}/{_fmt(precision).strip()}")
+        if parts:
+            line += f"; {attr} recall/precision: " + ", ".join(parts)
     return line
 
 

@@ -443,7 +443,7 @@ class FairVLMModule(pl.LightningModule):
             gather_distributed=self.gather_distributed,
         ).float()
         batch_size = losses.shape[0]
-        weights, flagged = self._pair_weights(batch["index"], losses)
+        weights, _ = self._pair_weights(batch["index"], losses)
         contrastive = (weights * losses).mean()
         total = contrastive
         logs = {
@@ -467,22 +467,6 @@ class FairVLMModule(pl.LightningModule):
                 if parts:
                     logs[f"train/fairness/{name}"] = torch.stack(parts).sum().detach()
         if self._trainer is not None:  # also usable as a plain function (tests, doctests)
-            if flagged is not None and "is_bad_pair" in batch:
-                # Ground truth of the synthetic data: how many flagged pairs are truly bad.
-                bad = batch["is_bad_pair"].to(flagged.device).bool()
-                counts = {
-                    "train/dbpm_flagged_pairs": flagged.sum(),
-                    "train/dbpm_flagged_bad_pairs": (flagged & bad).sum(),
-                    "train/bad_pairs": bad.sum(),
-                }
-                self.log_dict(
-                    {k: v.float().to(self.device) for k, v in counts.items()},
-                    on_step=False,
-                    on_epoch=True,
-                    reduce_fx="sum",
-                    sync_dist=True,
-                    batch_size=batch_size,
-                )
             self.log_dict(logs, on_step=True, on_epoch=True, batch_size=batch_size)
             self.log(
                 "train/loss",

@@ -414,3 +414,87 @@ def test_callback_reused_by_a_new_fit_keeps_mining():
     assert cb.miner.epochs_completed == 3
     assert cb.miner.history_count.tolist() == [3] * N
     assert cb.miner.faulty_mask.nonzero().flatten().tolist() == FAULTY
+
+
+class TruthData(PairData):
+    """PairData with a ground-truth entry: the FAULTY pairs and pair 10 (clean in fact)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad = torch.zeros(N, dtype=torch.bool)
+        self.bad[FAULTY + [10]] = True
+
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "is_bad_pair": self.bad[i]}
+
+
+def test_options_and_truth_metrics_through_the_trainer(tmp_path):
+    from sklearn.metrics import precision_score, recall_score
+    from test_mining import reference_options
+
+    data = TruthData()
+    epochs = 4
+    kwargs = dict(beta_faulty=2.0, location="median", scope=("race",), min_group_size=10)
+    dbpm = DynamicBadPairMining(truth_key="is_bad_pair", group_keys=("race",), **kwargs)
+    module = Regressor()
+    make_trainer(tmp_path, [dbpm], epochs).fit(module, DataLoader(data, batch_size=8))
+    ref = reference_options(
+        epochs_from_log(module.log_losses, epochs), N, {"race": data.race.numpy()}, **kwargs
+    )[-1]
+    flags = dbpm.miner.flags.numpy()
+    np.testing.assert_array_equal(flags, ref["flags"])
+    assert set(FAULTY) <= set(np.flatnonzero(flags == 2).tolist())
+    faulty, bad = flags == 2, data.bad.numpy()
+    m = dbpm.last_metrics
+    assert m["dbpm/num_bad"] == 4 and m["dbpm/num_flagged_bad"] == (faulty & bad).sum()
+    assert m["dbpm/precision"] == pytest.approx(precision_score(bad, faulty))
+    assert m["dbpm/recall"] == pytest.approx(recall_score(bad, faulty))
+    race = data.race.numpy()
+    for g in (0, 1, 2):
+        sel = race == g
+        assert m[f"dbpm/race/recall_group_{g}"] == pytest.approx(
+            recall_score(bad[sel], faulty[sel], zero_division=np.nan) if bad[sel].any() else np.nan,
+            nan_ok=True,
+        )
+        clean = sel & ~bad
+        assert m[f"dbpm/race/clean_flag_rate_group_{g}"] == pytest.approx(faulty[clean].mean())
+        thr = next(r for r in dbpm.miner.group_table if r["group"] == (g,))["threshold_faulty"]
+        assert m[f"dbpm/race/threshold_faulty_group_{g}"] == thr
+    # the truth survives a weights_only checkpoint round trip
+    state = dbpm.state_dict()
+    torch.save(state, tmp_path / "cb.pt")
+    restored = DynamicBadPairMining(num_pairs=N, truth_key="is_bad_pair", **kwargs)
+    restored.load_state_dict(torch.load(tmp_path / "cb.pt", weights_only=True))
+    restored.setup(None, None, "fit")
+    assert torch.equal(restored.truth, dbpm.truth)
+    assert restored.miner.group_table == dbpm.miner.group_table
+
+
+def test_paper_preset_equals_default_callback(tmp_path):
+    runs = []
+    for cb in (DynamicBadPairMining.paper(), DynamicBadPairMining()):
+        module = Regressor()
+        make_trainer(tmp_path, [cb], 3).fit(module, DataLoader(PairData(), batch_size=8))
+        runs.append(cb.state_dict()["miner"])
+    for key, value in runs[1].items():
+        same = (
+            torch.equal(runs[0][key], value)
+            if isinstance(value, torch.Tensor)
+            else (runs[0][key] == value or (value != value and runs[0][key] != runs[0][key]))
+        )
+        assert same, key
+
+
+def test_truth_key_errors_name_the_problem():
+    cb = DynamicBadPairMining(num_pairs=4, truth_key="is_bad_pair")
+    cb.setup(None, None, "fit")
+    out = {"loss": torch.tensor(1.0), "pair_losses": torch.ones(2), "index": torch.arange(2)}
+    trainer = SimpleNamespace(current_epoch=0)
+    with pytest.raises(ValueError, match="truth_key 'is_bad_pair' is not in the batch"):
+        cb.on_train_batch_end(trainer, None, out, {"index": torch.arange(2)}, 0)
+    with pytest.raises(ValueError, match="must hold 0/1"):
+        cb.on_train_batch_end(trainer, None, out, {"is_bad_pair": torch.tensor([0, 2])}, 0)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        cb.on_train_batch_end(trainer, None, out, {"is_bad_pair": torch.tensor([0])}, 0)
+    with pytest.raises(TypeError, match="truth_key must be a string"):
+        DynamicBadPairMining(truth_key=1)

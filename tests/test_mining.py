@@ -345,3 +345,258 @@ def test_hand_driven_fabric_loop_reweights_the_loss():
     resid = model(x[:16]).squeeze(-1).detach() - y[:16]
     expected = (2 * resid[keep, None] * x[:16][keep]).sum(0) / 16
     torch.testing.assert_close(grad.flatten(), expected)
+
+
+# ---------------------------------------------------------------------------- the options
+def reference_options(
+    epochs,
+    num_pairs,
+    groups=None,
+    *,
+    warmup_epochs=1,
+    beta_noisy=3.0,
+    beta_faulty=3.0,
+    statistic="mean",
+    location="mean",
+    scope=(),
+    min_group_size=50,
+    ema_decay=0.5,
+):
+    """NumPy float64 reference of the options, written from the formulas in docs/mining.md.
+
+    Returns per epoch ``stat`` (NaN without history), ``mu``, ``sigma``, ``flags`` and
+    ``groups`` = {cell tuple: (count, lo, hi, own)}.
+    """
+    per_pair = [[] for _ in range(num_pairs)]
+    out = []
+    for e, batches in enumerate(epochs):
+        sums, counts = {}, {}
+        for index, losses in batches:
+            values = np.asarray(losses, dtype=np.float64)
+            for i, v in zip(np.asarray(index).tolist(), values, strict=True):
+                if math.isfinite(v):
+                    sums[i] = sums.get(i, 0.0) + v
+                    counts[i] = counts.get(i, 0) + 1
+        for i in sums:
+            per_pair[i].append(sums[i] / counts[i])
+        stat = np.full(num_pairs, np.nan)
+        for i, h in enumerate(per_pair):
+            if not h:
+                continue
+            if statistic == "mean":
+                stat[i] = np.mean(h)
+            else:  # h_1 = x_1, h_t = a x_t + (1 - a) h_{t-1}
+                v = h[0]
+                for x in h[1:]:
+                    v = ema_decay * x + (1 - ema_decay) * v
+                stat[i] = v
+        has = ~np.isnan(stat)
+
+        def loc_scale(v):
+            if location == "mean":
+                return v.mean(), v.std()
+            med = np.median(v)
+            return med, 1.482602218505602 * np.median(np.abs(v - med))
+
+        mu, sigma = loc_scale(stat[has])
+        lo = np.full(num_pairs, mu - beta_noisy * sigma)
+        hi = np.full(num_pairs, mu + beta_faulty * sigma)
+        table = {}
+        if scope:
+            keys = np.stack([np.asarray(groups[a]) for a in scope], axis=1)
+            known = (keys >= 0).all(axis=1)
+            for cell in {tuple(k) for k in keys[known & has].tolist()}:
+                members = known & has & (keys == np.array(cell)).all(axis=1)
+                if members.sum() >= min_group_size:
+                    m, s = loc_scale(stat[members])
+                    sel = known & (keys == np.array(cell)).all(axis=1)
+                    lo[sel], hi[sel] = m - beta_noisy * s, m + beta_faulty * s
+                    table[cell] = (
+                        int(members.sum()),
+                        m - beta_noisy * s,
+                        m + beta_faulty * s,
+                        True,
+                    )
+                else:
+                    table[cell] = (int(members.sum()), lo[0], hi[0], False)
+        flags = np.zeros(num_pairs, dtype=np.int64)
+        if e + 1 >= max(warmup_epochs, 1):
+            flags[has & (stat < lo)] = 1
+            flags[has & (stat > hi)] = 2
+        out.append({"stat": stat, "mu": mu, "sigma": sigma, "flags": flags, "groups": table})
+    return out
+
+
+def grouped_stream(num_epochs=4, seed=3, n=600):
+    """Three groups with different loss levels (group 2 is small); unknown group for some.
+
+    Group 0 ~ 1.0 +- 0.05, group 1 ~ 2.0 +- 0.1 (a harder group), group 2 (20 pairs) ~ 1.5;
+    a few pairs planted high within each group. Some pairs miss epoch 1 (history gaps).
+    """
+    rng = np.random.default_rng(seed)
+    race = np.where(np.arange(n) % 3 == 0, 1, 0)
+    race[:20] = 2
+    race[20:30] = -1
+    gender = rng.integers(0, 2, n)
+    base = np.choose(np.clip(race, 0, 2), [1.0, 2.0, 1.5])
+    scale = np.choose(np.clip(race, 0, 2), [0.05, 0.1, 0.05])
+    planted = [40, 41, 42, 45, 300, 301]
+    epochs = []
+    for e in range(num_epochs):
+        losses = base + scale * rng.standard_normal(n)
+        losses[planted] += 0.6
+        order = rng.permutation(n)
+        if e == 1:
+            order = order[: n - 37]
+        epochs.append(
+            [(order[s : s + 50], losses[order[s : s + 50]]) for s in range(0, len(order), 50)]
+        )
+    return epochs, {"race": race, "gender": gender}
+
+
+OPTION_CASES = [
+    dict(statistic="mean", location="mean", scope=()),
+    dict(statistic="mean", location="median", scope=()),
+    dict(statistic="ema", location="mean", scope=()),
+    dict(statistic="ema", location="median", scope=("race",), min_group_size=30),
+    dict(statistic="mean", location="mean", scope=("race",), min_group_size=30),
+    dict(statistic="mean", location="median", scope=("race",), min_group_size=30),
+    dict(statistic="mean", location="mean", scope=("race", "gender"), min_group_size=25),
+    dict(statistic="ema", location="mean", scope=("gender",), ema_decay=0.3),
+]
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_options_match_numpy_reference(case, monkeypatch):
+    monkeypatch.setattr(mining, "_CHUNK", 128)  # several chunks: exercises the merges
+    epochs, groups = grouped_stream()
+    n = len(groups["race"])
+    kwargs = dict(beta_noisy=2.0, beta_faulty=2.0, **case)
+    miner = BadPairMiner(n, **kwargs)
+    ref = reference_options(epochs, n, groups, **kwargs)
+    tg = {k: torch.as_tensor(v) for k, v in groups.items()}
+    for e, batches in enumerate(epochs):
+        for index, losses in batches:
+            miner.record(torch.as_tensor(index), torch.as_tensor(losses, dtype=torch.float32))
+        miner.end_epoch(groups=tg)
+        r = ref[e]
+        np.testing.assert_allclose(miner.history_mean.numpy(), r["stat"], rtol=1e-6)
+        assert miner.mu == pytest.approx(r["mu"], rel=1e-6)
+        assert miner.sigma == pytest.approx(r["sigma"], rel=1e-5)
+        np.testing.assert_array_equal(miner.flags.numpy(), r["flags"])
+        got = {row["group"]: row for row in miner.group_table}
+        assert set(got) == set(r["groups"]), e
+        for cell, (count, lo, hi, own) in r["groups"].items():
+            assert got[cell]["count"] == count and got[cell]["own_threshold"] == own
+            assert got[cell]["threshold_noisy"] == pytest.approx(lo, rel=1e-5)
+            assert got[cell]["threshold_faulty"] == pytest.approx(hi, rel=1e-5)
+    assert miner.num_faulty > 0
+
+
+def test_group_scope_finds_planted_pairs_that_a_global_threshold_misses():
+    epochs, groups = grouped_stream()
+    n = len(groups["race"])
+    tg = {k: torch.as_tensor(v) for k, v in groups.items()}
+    glob = drive(BadPairMiner(n, beta_faulty=3.0), epochs)
+    own = BadPairMiner(n, beta_faulty=3.0, scope=("race",), min_group_size=30)
+    for batches in epochs:
+        for index, losses in batches:
+            own.record(torch.as_tensor(index), torch.as_tensor(losses, dtype=torch.float32))
+        own.end_epoch(groups=tg)
+    # group 0 (~1.0) planted pairs at ~1.6 sit below the global mu + 3 sigma (the hard group 1
+    # inflates sigma) but far above their own group's
+    assert own.faulty_mask.nonzero().flatten().tolist() == [40, 41, 42, 45, 300, 301]
+    assert glob.num_faulty < own.num_faulty
+    assert own.summary()["num_own_threshold_groups"] == 2  # group 2 (20 pairs) falls back
+
+
+def test_paper_preset_is_the_default_rule_and_the_reference():
+    epochs = planted_stream()
+    paper = drive(BadPairMiner.paper(N), epochs)
+    default = drive(BadPairMiner(N), epochs)
+    for key, value in default.state_dict().items():
+        got = paper.state_dict()[key]
+        assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value, key
+    assert_matches_reference(paper, reference_dbpm(epochs, N)[-1])
+    assert mining.PAPER_SETTINGS["scope"] == () and paper.max_weight is None
+
+
+def test_max_weight_caps_and_tiny_sigma_warns():
+    miner = BadPairMiner(4, beta_faulty=1.0)
+    losses = torch.tensor([1.0, 1.0, 1.0, 1.000004])
+    miner.record(torch.arange(4), losses)
+    with pytest.warns(RuntimeWarning, match="gaussian_pdf.*can reach"):
+        miner.end_epoch()
+    sigma = miner.sigma
+    assert sigma < 1e-5 and miner.faulty_mask.tolist() == [False, False, False, True]
+    w = miner.weights(torch.tensor([3]), torch.tensor([miner.mu], dtype=torch.float32))
+    assert float(w) == pytest.approx(1 / (sigma * math.sqrt(2 * math.pi)), rel=1e-3)
+    assert float(w) > 1e4
+    capped = BadPairMiner(4, beta_faulty=1.0, max_weight=1.0)
+    capped.record(torch.arange(4), losses)
+    capped.end_epoch()  # no warning with a cap
+    w = capped.weights(torch.tensor([3, 0]), torch.tensor([capped.mu, 1.0], dtype=torch.float32))
+    assert w.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (dict(statistic="median"), ValueError, "statistic must be one of"),
+        (dict(location="trimmed"), ValueError, "location must be one of"),
+        (dict(scope="race"), TypeError, "scope must be a sequence"),
+        (dict(scope=("race", "race")), ValueError, "duplicates"),
+        (dict(min_group_size=1), ValueError, "min_group_size must be >= 2"),
+        (dict(ema_decay=0.0), ValueError, r"ema_decay must be in \(0, 1\]"),
+        (dict(max_weight=0.0), ValueError, "max_weight must be > 0"),
+    ],
+)
+def test_bad_options_raise(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        BadPairMiner(10, **kwargs)
+
+
+def test_bad_groups_raise_and_do_not_fold():
+    miner = BadPairMiner(10, scope=("race",))
+    miner.record(torch.arange(10), torch.ones(10))
+    with pytest.raises(ValueError, match="needs groups"):
+        miner.end_epoch()
+    with pytest.raises(ValueError, match="lacks scope attribute 'race'"):
+        miner.end_epoch(groups={"gender": torch.zeros(10, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"shape \(10,\)"):
+        miner.end_epoch(groups={"race": torch.zeros(9, dtype=torch.long)})
+    with pytest.raises(ValueError, match="integer group ids"):
+        miner.end_epoch(groups={"race": torch.zeros(10)})
+    with pytest.raises(ValueError, match=">= -1"):
+        miner.end_epoch(groups={"race": torch.full((10,), -2)})
+    assert miner.epochs_completed == 0  # nothing was folded by the failed calls
+    miner.end_epoch(groups={"race": torch.zeros(10, dtype=torch.long)})
+    assert miner.history_count.tolist() == [1] * 10
+
+
+def test_options_state_round_trip_resumes_exactly(tmp_path):
+    epochs, groups = grouped_stream()
+    n = len(groups["race"])
+    tg = {k: torch.as_tensor(v) for k, v in groups.items()}
+    kwargs = dict(statistic="ema", location="median", scope=("race",), min_group_size=30)
+
+    def run(miner, part):
+        for batches in part:
+            for index, losses in batches:
+                miner.record(torch.as_tensor(index), torch.as_tensor(losses, dtype=torch.float32))
+            miner.end_epoch(groups=tg)
+        return miner
+
+    full = run(BadPairMiner(n, **kwargs), epochs)
+    first = run(BadPairMiner(n, **kwargs), epochs[:2])
+    torch.save(first.state_dict(), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert all(isinstance(v, (torch.Tensor, int, float)) for v in state.values())
+    resumed = BadPairMiner(n, **kwargs)
+    resumed.load_state_dict(state)
+    assert resumed.group_table == first.group_table
+    run(resumed, epochs[2:])
+    for key in ("history_sum", "history_count", "flags", "group_table_stats"):
+        assert torch.equal(resumed.state_dict()[key], full.state_dict()[key]), key
+    with pytest.raises(ValueError, match="statistic='ema'"):
+        BadPairMiner(n).load_state_dict(state)

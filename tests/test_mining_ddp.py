@@ -117,3 +117,58 @@ def test_two_process_miner_equals_one_process_seeing_all_pairs():
             assert torch.equal(a[key], b[key]), key
         else:
             assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
+
+
+OPTIONS = dict(statistic="ema", location="median", scope=("race", "gender"), min_group_size=10)
+
+
+def _groups():
+    race = np.arange(N) % 3
+    race[:5] = -1
+    return {"race": torch.as_tensor(race), "gender": torch.as_tensor(np.arange(N) // 60)}
+
+
+def _options_worker(rank, world_size, epochs):
+    plan = _plan(epochs, rank, world_size)
+    groups = _groups()
+    miner = BadPairMiner(N, beta_noisy=2.0, beta_faulty=2.0, **OPTIONS)
+    saved = None
+    for e in range(len(plan)):
+        for b, index, losses in plan[e]:
+            if e == 1 and b > 6 and saved is None:
+                miner.sync()
+                saved = miner.state_dict()
+                resumed = BadPairMiner(N, beta_noisy=2.0, beta_faulty=2.0, **OPTIONS)
+                resumed.load_state_dict(saved)
+                miner = resumed  # go on from the checkpoint, as after a restart
+            _record(miner, index, losses)
+        miner.end_epoch(groups=groups)
+    return miner.state_dict()
+
+
+def test_two_process_options_equal_one_process_and_numpy_reference():
+    from test_mining import reference_options
+
+    epochs = _stream(seed=1)
+    results = run_distributed(_options_worker, world_size=2, epochs=epochs)
+    merged = _all_batches_as_one_process(epochs)
+    single = BadPairMiner(N, beta_noisy=2.0, beta_faulty=2.0, **OPTIONS)
+    for batches in merged:
+        for index, losses in batches:
+            _record(single, index, losses)
+        single.end_epoch(groups=_groups())
+    ref = reference_options(
+        merged,
+        N,
+        {k: v.numpy() for k, v in _groups().items()},
+        beta_noisy=2.0,
+        beta_faulty=2.0,
+        **OPTIONS,
+    )[-1]
+    expected = single.state_dict()
+    np.testing.assert_array_equal(expected["flags"].numpy(), ref["flags"])
+    assert {9, 33, 101} <= set(np.flatnonzero(ref["flags"] == 2).tolist())
+    for got in results:
+        for key in ("flags", "history_sum", "history_count", "group_table_stats"):
+            assert torch.equal(got[key], expected[key]), key
+        assert got["mu"] == expected["mu"] and got["sigma"] == expected["sigma"]
