@@ -167,16 +167,17 @@ def test_test_without_ckpt_path_is_refused_unless_asked(
 
 def test_concurrent_claims_get_distinct_versions(tmp_path: Path) -> None:
     root = tmp_path / "runs"
-    start = threading.Barrier(12)
+    threads, claims = 8, 40
+    start = threading.Barrier(threads)
 
-    def claim() -> int:
-        start.wait()  # all threads race for the same first number
-        return claim_version(root)
+    def claim(_: int) -> list[int]:
+        start.wait()  # all threads race for the same numbers
+        return [claim_version(root) for _ in range(claims)]
 
-    with ThreadPoolExecutor(12) as pool:
-        got = sorted(pool.map(lambda _: claim(), range(12)))
-    assert got == list(range(12))
-    assert sorted(p.name for p in root.iterdir()) == sorted(f"version_{i}" for i in got)
+    with ThreadPoolExecutor(threads) as pool:
+        got = sorted(v for vs in pool.map(claim, range(threads)) for v in vs)
+    assert got == list(range(threads * claims))  # no number handed out twice
+    assert len(list(root.iterdir())) == threads * claims
 
 
 def test_two_runs_built_at_once_get_their_own_folder(

@@ -191,6 +191,8 @@ def test_rewrite_with_same_size_and_mtime_needs_the_content_check(
     cache = tmp_path / "cache"
     path = root / "Training" / "data_00002.npz"
     assert int(load_fairvlmed(root, "train", notes=None, cache_dir=cache)[1]["label"]) == 0
+    before = load_fairvlmed(root, "train", notes=None, cache_dir=cache, cache_check="content")
+    assert int(before[1]["label"]) == 0  # both caches filled before the edit
     stat = path.stat()
     _npz(path, 2, glaucoma=np.array(1, dtype=np.int64))  # relabelled, same size
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
