@@ -233,7 +233,7 @@ class FairVLMModule(pl.LightningModule):
             does: ``"raise"`` (default) stops with a ``FloatingPointError`` naming the batch's
             dataset indices (and those whose pixels or embeddings are non-finite);
             ``"skip"`` warns the same and skips the step (no backward, no optimiser step, the
-            pairs are not recorded by DBPM; under DDP all ranks skip together). A relative
+            pairs are not recorded by DBPM). Under DDP all ranks stop or skip together. A relative
             ``model`` or ``tokenizer`` folder is recorded as its absolute path, so the
             checkpoint loads from any working directory.
 
@@ -472,13 +472,18 @@ class FairVLMModule(pl.LightningModule):
 
         One NaN image poisons every pair's softmax, so all pairs of the batch are named; the
         message also names the pairs whose pixels or embeddings are non-finite (the cause).
-        Under DDP, ``"skip"`` skips on every rank when any rank has a non-finite loss.
+        Under DDP the decision is taken on every rank when any rank has a non-finite loss.
         """
         bad = ~torch.isfinite(losses.detach())
-        any_bad = bool(bad.any())
+        local_bad = bool(bad.any())
         trainer = self._trainer
-        if self.nonfinite_loss == "skip" and trainer is not None:
-            any_bad = bool(trainer.strategy.reduce_boolean_decision(any_bad, all=False))
+        # Decided together under DDP: a rank that stopped (or skipped) alone would leave the
+        # others waiting in the gradient all-reduce.
+        any_bad = (
+            bool(trainer.strategy.reduce_boolean_decision(local_bad, all=False))
+            if trainer is not None
+            else local_bad
+        )
         if not any_bad:
             return False
         index = batch["index"]
@@ -486,7 +491,11 @@ class FairVLMModule(pl.LightningModule):
         def named(mask: Tensor) -> list[int]:
             return index[mask.to(index.device)].tolist()
 
-        parts = [f"non-finite per-pair loss at dataset indices {named(bad)}"]
+        parts = (
+            [f"non-finite per-pair loss at dataset indices {named(bad)}"]
+            if local_bad
+            else ["a non-finite per-pair loss in another process's batch"]
+        )
         pixels = batch.get("pixel_values")
         if isinstance(pixels, Tensor) and pixels.is_floating_point():
             rows = ~torch.isfinite(pixels.detach()).flatten(1).all(dim=1)
