@@ -326,8 +326,9 @@ class FairVLMCLI(LightningCLI):
         """
         trainer_cfg = self._cfg().get("trainer")
         claimed = []
-        # Other DDP ranks take rank 0's folder from the strategy (Lightning broadcasts it).
-        if getattr(rank_zero_only, "rank", 0) == 0:
+        # Only for a run (``run=False`` builds the objects without creating folders); other DDP
+        # ranks take rank 0's folder from the strategy (Lightning broadcasts it).
+        if self.subcommand is not None and getattr(rank_zero_only, "rank", 0) == 0:
             for entry in _logger_entries(trainer_cfg):
                 init = entry.get("init_args")
                 root = _logger_root(entry)

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from lightning.pytorch import Trainer
 
 from fairvlm_lightning.cli import FairVLMCLI, claim_version, main
 
@@ -184,13 +185,28 @@ def test_two_runs_built_at_once_get_their_own_folder(
     synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    args = _args("synthetic_clip.yaml", synthetic_root, synthetic_kwargs)
-    # Both built before either has written a file: Lightning's own numbering gives both version_0.
-    first, second = (FairVLMCLI(args=args, run=False) for _ in range(2))
+    # Two `fairvlm fit` built before either has written a file (fit itself is stubbed out):
+    # Lightning's own numbering gives both version_0.
+    monkeypatch.setattr(Trainer, "fit", lambda *args, **kwargs: None)
+    args = [
+        "fit",
+        *_args("synthetic_clip.yaml", synthetic_root, synthetic_kwargs),
+        "--test_after_fit",
+        "false",
+        "--print_table",
+        "false",
+    ]
+    first, second = (FairVLMCLI(args=args) for _ in range(2))
     assert Path(first.trainer.log_dir).name == "version_0"
     assert Path(second.trainer.log_dir).name == "version_1"
     # the saved config keeps version null, so rerunning it claims a new folder as well
-    assert first.config.trainer.logger.init_args.version is None
+    assert first.config.fit.trainer.logger.init_args.version is None
+    # building without running (run=False) creates no folder
+    FairVLMCLI(args=args[1:], run=False)
+    assert sorted(p.name for p in (tmp_path / "runs" / "synthetic_clip").iterdir()) == [
+        "version_0",
+        "version_1",
+    ]
 
 
 # --------------------------------------------------------------------------- 6: --ckpt_path last
