@@ -11,7 +11,19 @@ as in any ``LightningCLI``. What the command adds to a plain ``LightningCLI``:
 * ``data.max_length`` is linked to ``model.prompt_max_length`` (prompts padded like the notes) and
   ``data.model`` defaults to ``model.model`` when that is a name or folder;
 * ``config.yaml`` is written with ``overwrite=True`` into the logger's (versioned) run folder, so
-  reruns of the same command never collide;
+  reruns of the same command never collide; the ``version_<n>`` folder of a ``CSVLogger`` or
+  ``TensorBoardLogger`` without an explicit ``version`` is claimed atomically (``mkdir``) before
+  anything runs, so two runs started at once never share one;
+* ``--ckpt_path last`` resumes from the newest ``last*.ckpt`` of the earlier runs of the
+  logger's name (``<save_dir>/<name>/version_*/checkpoints/``, or the checkpoint callbacks'
+  ``dirpath``), or fails naming where it looked;
+* ``validate`` and ``test`` refuse to run without ``--ckpt_path`` (they would report the initial,
+  untrained weights as a result) unless ``--initial_weights true`` is given; the metrics JSON
+  records ``ckpt_path`` and ``initial_weights``;
+* a monitored ``ModelCheckpoint(save_last=True)`` draws a warning: Lightning then writes
+  ``last.ckpt`` only when a new best is saved, so it holds the best state, not the last. The
+  shipped configs add an unmonitored ``ModelCheckpoint(filename="last")`` instead, rewritten
+  after every epoch;
 * after ``fit`` (unless ``--test_after_fit false``) the best checkpoint is tested, and after
   ``fit``, ``validate`` and ``test`` a table of AUC, ES-AUC, group AUCs, DPD and DEOdds per
   attribute is printed (and saved as ``<run folder>/<stage>_metrics.json``) together with where
@@ -23,18 +35,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.module import FairVLMModule
 
-__all__ = ["GROUP_NAMES", "FairVLMCLI", "dbpm_summary", "format_fairness_table", "main"]
+__all__ = [
+    "GROUP_NAMES",
+    "FairVLMCLI",
+    "claim_version",
+    "dbpm_summary",
+    "find_last_checkpoint",
+    "format_fairness_table",
+    "main",
+]
 
 #: Display names of the FairVLMed group codes (``-1`` = unknown is never a group).
 GROUP_NAMES: dict[str, tuple[str, ...]] = {
@@ -146,6 +168,72 @@ def dbpm_summary(metrics: Mapping[str, Any]) -> str:
     return line
 
 
+_VERSIONED_LOGGERS = ("CSVLogger", "TensorBoardLogger")
+_VERSION_DIR = re.compile(r"^version_(\d+)$")
+
+
+def claim_version(root: str | os.PathLike[str]) -> int:
+    """Create the next free ``root/version_<n>`` folder atomically and return ``n``.
+
+    ``mkdir`` either creates the folder or fails, so of several processes racing for the same
+    number exactly one wins and the others move on to the next; Lightning's loggers instead list
+    the folders and pick the next number, which two runs started at once both pick.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> claim_version(root), claim_version(root), sorted(p.name for p in root.iterdir())
+        (0, 1, ['version_0', 'version_1'])
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION_DIR.match(p.name))]
+    version = max(taken) + 1 if taken else 0
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
+
+
+def find_last_checkpoint(folders: list[Path]) -> Path | None:
+    """The most recently written ``last*.ckpt`` in ``folders`` (``None`` if there is none).
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "last.ckpt").write_bytes(b"")
+        0
+        >>> find_last_checkpoint([root / "missing", root]).name
+        'last.ckpt'
+    """
+    found = [p for d in folders if d.is_dir() for p in d.glob("last*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, str(p))) if found else None
+
+
+def _class_name(entry: Any) -> str:
+    class_path = entry.get("class_path", "") if hasattr(entry, "get") else ""
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+def _logger_entries(trainer_cfg: Any) -> list[Any]:
+    logger = trainer_cfg.get("logger") if trainer_cfg is not None else None
+    entries = logger if isinstance(logger, list) else [logger]
+    return [e for e in entries if hasattr(e, "get") and _class_name(e) in _VERSIONED_LOGGERS]
+
+
+def _logger_root(entry: Any) -> Path | None:
+    """``<save_dir>/<name>`` of a versioned logger's config (``None`` for remote folders)."""
+    init = entry.get("init_args") or {}
+    save_dir = init.get("save_dir") or "."
+    if "://" in str(save_dir):
+        return None
+    name = init.get("name")
+    name = "lightning_logs" if name is None else str(name)
+    return Path(save_dir) / name if name else Path(save_dir)
+
+
 class FairVLMCLI(LightningCLI):
     """``LightningCLI`` for :class:`FairVLMModule` + :class:`FairVLMedDataModule`.
 
@@ -172,6 +260,13 @@ class FairVLMCLI(LightningCLI):
             help="fit only: test the best checkpoint after training (default true)",
         )
         parser.add_argument(
+            "--initial_weights",
+            type=bool,
+            default=False,
+            help="validate/test only: evaluate the initial weights when no --ckpt_path is given "
+            "(refused otherwise; recorded in the metrics JSON)",
+        )
+        parser.add_argument(
             "--print_table",
             type=bool,
             default=True,
@@ -180,6 +275,96 @@ class FairVLMCLI(LightningCLI):
 
     def _cfg(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
+
+    # ------------------------------------------------------------ run folders / checkpoints
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then resolve ``--ckpt_path last`` and refuse an evaluation of no checkpoint.
+
+        Runs before Lightning reads the checkpoint's hyper-parameters, so a resolved ``last``
+        is read exactly as a path given by hand.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        cfg = self.config[subcommand]
+        if cfg.get("ckpt_path") == "last":
+            cfg.ckpt_path = str(self._resolve_last(cfg, parser))
+        if (
+            subcommand in ("validate", "test")
+            and cfg.get("ckpt_path") is None
+            and not cfg.get("initial_weights", False)
+        ):
+            parser.error(
+                f"`fairvlm {subcommand}` without --ckpt_path would evaluate the model's initial "
+                "(untrained) weights and report them as a result. Pass --ckpt_path "
+                "<file>|last|best, or --initial_weights true to evaluate the initial weights on "
+                "purpose (recorded in the metrics JSON)."
+            )
+
+    def _resolve_last(self, cfg: Any, parser: LightningArgumentParser) -> Path:
+        trainer_cfg = cfg.get("trainer")
+        folders: list[Path] = []
+        for callback in (trainer_cfg.get("callbacks") or []) if trainer_cfg is not None else []:
+            if _class_name(callback) == "ModelCheckpoint":
+                dirpath = (callback.get("init_args") or {}).get("dirpath")
+                if dirpath:
+                    folders.append(Path(dirpath))
+        roots = [r for e in _logger_entries(trainer_cfg) if (r := _logger_root(e)) is not None]
+        for root in roots:
+            if root.is_dir():
+                versions = [p for p in root.iterdir() if _VERSION_DIR.match(p.name)]
+                folders += [p / "checkpoints" for p in versions]
+        found = find_last_checkpoint(folders)
+        if found is None:
+            looked = [str(r / "version_*" / "checkpoints") for r in roots]
+            looked += [str(f) for f in folders if not any(f.is_relative_to(r) for r in roots)]
+            where = ", ".join(looked) or "no versioned logger or ModelCheckpoint dirpath set"
+            parser.error(
+                f"--ckpt_path last: no last*.ckpt found in the earlier runs ({where}; from the "
+                f"working directory {os.getcwd()}); pass the checkpoint file instead"
+            )
+        print(f"resuming:   {found}")
+        return found
+
+    def instantiate_classes(self) -> None:
+        """Claim the run folder atomically, then build the classes as ``LightningCLI`` does.
+
+        The claimed number is handed to the logger as its ``version`` and removed from the
+        config again, so the saved ``config.yaml`` reruns into a fresh folder too.
+        """
+        trainer_cfg = self._cfg().get("trainer")
+        claimed = []
+        # Only for a run (``run=False`` builds the objects without creating folders); other DDP
+        # ranks take rank 0's folder from the strategy (Lightning broadcasts it).
+        if self.subcommand is not None and getattr(rank_zero_only, "rank", 0) == 0:
+            for entry in _logger_entries(trainer_cfg):
+                init = entry.get("init_args")
+                root = _logger_root(entry)
+                if init is None or root is None or init.get("version") is not None:
+                    continue
+                init.version = claim_version(root)
+                claimed.append(init)
+        try:
+            super().instantiate_classes()
+        finally:
+            for init in claimed:
+                init.version = None
+        self._warn_last_is_best()
+
+    def _warn_last_is_best(self) -> None:
+        callbacks = getattr(self.trainer, "checkpoint_callbacks", [])
+        if any(cb.monitor is None and cb.save_top_k != 0 for cb in callbacks):
+            return  # an unmonitored checkpoint keeps the latest state
+        for cb in callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.monitor is not None and cb.save_last:
+                rank_zero_warn(
+                    f"ModelCheckpoint(monitor={cb.monitor!r}, save_last={cb.save_last!r}) writes "
+                    "last.ckpt only when it saves a new best checkpoint, so last.ckpt holds the "
+                    "best epoch, not the last one. To resume from the latest state add an "
+                    "unmonitored ModelCheckpoint(filename='last'), as the shipped configs do."
+                )
 
     def before_instantiate_classes(self) -> None:
         """Create the synthetic data and tiny model when configured and missing."""
@@ -207,6 +392,12 @@ class FairVLMCLI(LightningCLI):
         self.test_results = values
         self._print_report(stage, values, attributes, train or {})
 
+    def _evaluated(self) -> dict[str, Any]:
+        """What the metrics are of: ``ckpt_path`` (or ``None``) and ``initial_weights``."""
+        path = getattr(self.trainer, "ckpt_path", None)
+        initial = path is None and self.subcommand in ("validate", "test")
+        return {"ckpt_path": None if path is None else str(path), "initial_weights": initial}
+
     @rank_zero_only
     def _print_report(
         self,
@@ -225,17 +416,31 @@ class FairVLMCLI(LightningCLI):
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
             out = Path(log_dir) / f"{stage}_metrics.json"
-            out.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+            record = {**values, **self._evaluated()}
+            out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
             print(f"logs:       {log_dir}")
             print(f"metrics:    {out}")
             config = Path(log_dir) / "config.yaml"
             if config.exists():
                 print(f"config:     {config}")
+        if self._evaluated()["initial_weights"]:
+            print("weights:    initial (no --ckpt_path; --initial_weights true)")
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        last = getattr(ckpt, "last_model_path", "") if ckpt is not None else ""
         if best:
             print(f"checkpoint: {best}")
+        # The latest state: an unmonitored checkpoint's file, else a save_last copy.
+        lasts = [
+            cb.best_model_path
+            for cb in trainer.checkpoint_callbacks
+            if isinstance(cb, ModelCheckpoint) and cb.monitor is None and cb.best_model_path
+        ]
+        lasts += [
+            cb.last_model_path
+            for cb in trainer.checkpoint_callbacks
+            if isinstance(cb, ModelCheckpoint) and cb.last_model_path
+        ]
+        last = lasts[0] if lasts else ""
         if last and last != best:
             print(f"last:       {last}")
         for callback in trainer.callbacks:

@@ -44,10 +44,16 @@ def _as_scalar(value: Tensor | float | None, name: str, like: Tensor) -> Tensor 
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must hold one number, got shape {tuple(value.shape)}")
-        return value.reshape(()).to(device=like.device)
-    if isinstance(value, (int, float)):
-        return torch.tensor(float(value), device=like.device)
-    raise TypeError(f"{name} must be a tensor or a number, got {type(value).__name__}")
+        out = value.reshape(()).to(device=like.device)
+    elif isinstance(value, (int, float)):
+        out = torch.tensor(float(value), device=like.device)
+    else:
+        raise TypeError(f"{name} must be a tensor or a number, got {type(value).__name__}")
+    # An infinite scale turns every logit into +-inf and the losses into NaN (or silently inf):
+    # refuse it here, where the cause is still visible (one device sync per call).
+    if not bool(torch.isfinite(out.detach())):
+        raise ValueError(f"{name} must be finite, got {out.item()}")
+    return out
 
 
 def local_pair_losses(
@@ -216,7 +222,8 @@ def pair_losses(
         ``(B,)`` float32 tensor, differentiable.
 
     Raises:
-        ValueError: shapes that are not matching ``(B, D)``, bad ``kind`` or scale shape.
+        ValueError: shapes that are not matching ``(B, D)``, bad ``kind``, a scale or bias that
+            is not one finite number.
         TypeError: non-tensor or integer embeddings.
 
     Example:

@@ -22,6 +22,8 @@ synthetic benchmark call :func:`fairvlm_lightning.data.ensure_synthetic_assets` 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -101,16 +103,42 @@ def _load_model(
             # from_pretrained returns the model in eval mode; Lightning keeps modes as it finds
             # them, so put it in training mode like a freshly built module.
             return AutoModel.from_pretrained(model, **kwargs).train()
-        except OSError as err:
+        except (OSError, ValueError) as err:  # HFValidationError (a ValueError): not a repo id
             raise OSError(
-                f"could not load a model from {model!r}: {err}\nFor the synthetic benchmark the "
-                "tiny model is created by fairvlm_lightning.data.ensure_synthetic_assets(root) "
-                "(the `fairvlm` command runs it before building the module)."
+                f"could not load a model from {model!r}: {err}\n{_where_not_found(model)}For the "
+                "synthetic benchmark the tiny model is created by "
+                "fairvlm_lightning.data.ensure_synthetic_assets(root) (the `fairvlm` command runs "
+                "it before building the module)."
             ) from err
     raise TypeError(
         "model must be a Hub name or folder (str), a transformers PreTrainedModel (or another "
         "nn.Module dual encoder), a "
         f"PretrainedConfig or a config dict, got {type(model).__name__}"
+    )
+
+
+def _resolve_folder(name: Any) -> Any:
+    """An existing local folder given as a relative path -> its absolute path; else unchanged.
+
+    Checkpoints record the model as a hyper-parameter; a relative folder would only resolve
+    from the working directory of the run that saved it.
+    """
+    if isinstance(name, str) and not os.path.isabs(name) and os.path.isdir(name):
+        return os.path.abspath(name)
+    return name
+
+
+def _where_not_found(name: str) -> str:
+    """Say which folder was looked for, from which working directory (empty for a Hub id)."""
+    if os.path.isdir(name):
+        return ""
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
+    if not looks_local:
+        return ""
+    return (
+        f"No folder {name!r} exists: looked for {os.path.abspath(os.path.expanduser(name))} "
+        f"from the working directory {os.getcwd()} (a relative folder is resolved against the "
+        "working directory; pass an absolute path, or model= to load_from_checkpoint).\n"
     )
 
 
@@ -201,6 +229,13 @@ class FairVLMModule(pl.LightningModule):
         scheduler_monitor: metric a ``ReduceLROnPlateau`` scheduler watches.
         from_pretrained_kwargs: extra keyword arguments for ``from_pretrained`` (``revision``,
             ``dtype``, ...).
+        nonfinite_loss: what a training step with a non-finite (NaN or infinite) per-pair loss
+            does: ``"raise"`` (default) stops with a ``FloatingPointError`` naming the batch's
+            dataset indices (and those whose pixels or embeddings are non-finite);
+            ``"skip"`` warns the same and skips the step (no backward, no optimiser step, the
+            pairs are not recorded by DBPM). Under DDP all ranks stop or skip together. A relative
+            ``model`` or ``tokenizer`` folder is recorded as its absolute path, so the
+            checkpoint loads from any working directory.
 
     Raises:
         ValueError: bad ``loss``, ``fairness_statistic``, negative ``fairness_weight``, bad
@@ -251,8 +286,12 @@ class FairVLMModule(pl.LightningModule):
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
         from_pretrained_kwargs: dict[str, Any] | None = None,
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        model, tokenizer = _resolve_folder(model), _resolve_folder(tokenizer)
         if loss not in ("auto", "clip", "siglip"):
             raise ValueError(f"loss must be 'auto', 'clip' or 'siglip', got {loss!r}")
         if fairness_statistic not in ("loss", "similarity"):
@@ -321,6 +360,7 @@ class FairVLMModule(pl.LightningModule):
             self.tokenizer = AutoTokenizer.from_pretrained(model, **(from_pretrained_kwargs or {}))
         else:
             self.tokenizer = tokenizer
+        self.nonfinite_loss = nonfinite_loss
         self.fairness_weight = float(fairness_weight)
         self.fairness_attributes = tuple(fairness_attributes)
         self.fairness_statistic = fairness_statistic
@@ -427,7 +467,64 @@ class FairVLMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+    def _skip_nonfinite_step(self, losses: Tensor, batch: Mapping[str, Any], out: Any) -> bool:
+        """Whether to skip this step: raise (or warn) on a non-finite per-pair loss.
+
+        One NaN image poisons every pair's softmax, so all pairs of the batch are named; the
+        message also names the pairs whose pixels or embeddings are non-finite (the cause).
+        Under DDP the decision is taken on every rank when any rank has a non-finite loss.
+        """
+        bad = ~torch.isfinite(losses.detach())
+        local_bad = bool(bad.any())
+        trainer = self._trainer
+        # Decided together under DDP: a rank that stopped (or skipped) alone would leave the
+        # others waiting in the gradient all-reduce.
+        any_bad = (
+            bool(trainer.strategy.reduce_boolean_decision(local_bad, all=False))
+            if trainer is not None
+            else local_bad
+        )
+        if not any_bad:
+            return False
+        index = batch["index"]
+
+        def named(mask: Tensor) -> list[int]:
+            return index[mask.to(index.device)].tolist()
+
+        parts = (
+            [f"non-finite per-pair loss at dataset indices {named(bad)}"]
+            if local_bad
+            else ["a non-finite per-pair loss in another process's batch"]
+        )
+        pixels = batch.get("pixel_values")
+        if isinstance(pixels, Tensor) and pixels.is_floating_point():
+            rows = ~torch.isfinite(pixels.detach()).flatten(1).all(dim=1)
+            if bool(rows.any()):
+                parts.append(f"non-finite pixel_values at dataset indices {named(rows)}")
+        for name in ("image_embeds", "text_embeds"):
+            embeds = getattr(out, name, None)
+            if isinstance(embeds, Tensor):
+                rows = ~torch.isfinite(embeds.detach()).all(dim=1)
+                if bool(rows.any()):
+                    parts.append(f"non-finite {name} at dataset indices {named(rows)}")
+        scale = getattr(out, "logit_scale", None)
+        if isinstance(scale, Tensor) and not bool(torch.isfinite(scale.detach()).all()):
+            parts.append(f"logit_scale is {scale.detach().float().flatten()[0].item()}")
+        where = f"training step {self.global_step}" if trainer is not None else "training step"
+        detail = "; ".join(parts)
+        if self.nonfinite_loss == "skip":
+            warnings.warn(
+                f"FairVLMModule skipped the training step ({where}): {detail}",
+                UserWarning,
+                stacklevel=2,
+            )
+            return True
+        raise FloatingPointError(
+            f"{where}: {detail}. The weights were not updated with it. Check those samples "
+            "(and the learning rate); pass nonfinite_loss='skip' to skip such steps instead."
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor] | None:
         """Weighted contrastive loss + fairness term; returns what the DBPM callback records."""
         needed = ["pixel_values", "input_ids", "index"]
         if self.fairness_weight > 0:
@@ -442,6 +539,8 @@ class FairVLMModule(pl.LightningModule):
             kind=self.loss_kind,
             gather_distributed=self.gather_distributed,
         ).float()
+        if self._skip_nonfinite_step(losses, batch, out):
+            return None
         batch_size = losses.shape[0]
         weights, _ = self._pair_weights(batch["index"], losses)
         contrastive = (weights * losses).mean()

@@ -437,7 +437,7 @@ BAD_INPUTS = {
     "shape mismatch groups": ((P, Y, G[:2]), ValueError, "shape mismatch"),
     "score above 1": ((torch.tensor([0.1, 1.5, 0.4]), Y, G), ValueError, r"outside \[0, 1\]"),
     "score below 0": ((torch.tensor([0.1, -0.1, 0.4]), Y, G), ValueError, r"outside \[0, 1\]"),
-    "score nan": ((torch.tensor([0.1, float("nan"), 0.4]), Y, G), ValueError, "outside"),
+    "score nan": ((torch.tensor([0.1, float("nan"), 0.4]), Y, G), ValueError, "non-finite scores"),
     "target not binary": ((P, torch.tensor([0, 2, 1]), G), ValueError, "target not binary"),
     "target negative": ((P, torch.tensor([0, -1, 1]), G), ValueError, "target not binary"),
     "group out of range": ((P, Y, torch.tensor([0, 2, 1])), ValueError, "group id out of range"),

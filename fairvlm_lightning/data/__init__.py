@@ -7,7 +7,11 @@ from fairvlm_lightning.data.fairvlmed import (
     SPLIT_FOLDERS,
     load_fairvlmed,
 )
-from fairvlm_lightning.data.sampling import EpochShuffleSampler, GroupBalancedSampler
+from fairvlm_lightning.data.sampling import (
+    EpochShuffleSampler,
+    GroupBalancedSampler,
+    ResumableDataLoader,
+)
 from fairvlm_lightning.data.synthetic import (
     DEFAULT_PROMPTS,
     DEFAULT_SIZES,
@@ -30,6 +34,7 @@ __all__ = [
     "FairVLMedDataModule",
     "GroupBalancedSampler",
     "ImageTransform",
+    "ResumableDataLoader",
     "build_tiny_dual_encoder",
     "ensure_synthetic_assets",
     "load_fairvlmed",

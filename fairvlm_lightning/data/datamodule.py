@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,7 +25,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from fairvlm_lightning.data.fairvlmed import ATTRIBUTE_GROUPS, load_fairvlmed, split_folder
-from fairvlm_lightning.data.sampling import EpochShuffleSampler, GroupBalancedSampler
+from fairvlm_lightning.data.sampling import (
+    EpochShuffleSampler,
+    GroupBalancedSampler,
+    ResumableDataLoader,
+)
 from fairvlm_lightning.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_assets
 
 __all__ = ["FairVLMedDataModule", "ImageTransform"]
@@ -58,6 +63,35 @@ def _getattr_dict(obj: Any, name: str) -> dict[str, Any] | None:
     # transformers >= 5 SizeDict: a dataclass with optional height/width/shortest_edge/...
     keys = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
     return {k: getattr(value, k) for k in keys if getattr(value, k, None) is not None}
+
+
+def _drop_damaged_map_cache(ds: Any, fingerprint: str) -> None:
+    """Remove ``datasets``' cached ``map`` output of ``ds`` if it is unreadable or short.
+
+    ``Dataset.map`` names its cache file ``cache-<fingerprint>.arrow`` next to the input's file
+    and loads it without checking; a truncated file would fail with a bare ``ArrowInvalid`` (or
+    silently hold fewer rows) on every run. Removed, it is simply computed again.
+    """
+    from datasets import Dataset
+
+    files = getattr(ds, "cache_files", None)
+    if not files:
+        return
+    path = Path(files[0]["filename"]).parent / f"cache-{fingerprint}.arrow"
+    if not path.is_file():
+        return
+    try:
+        rows = len(Dataset.from_file(str(path)))
+        if rows != len(ds):
+            raise ValueError(f"it holds {rows} rows, the split {len(ds)}")
+    except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ArrowInvalid, ...
+        warnings.warn(
+            f"FairVLMed preprocessed cache file {path} is damaged or incomplete "
+            f"({type(e).__name__}: {e}); rebuilding it",
+            UserWarning,
+            stacklevel=3,
+        )
+        path.unlink(missing_ok=True)
 
 
 class ImageTransform:
@@ -361,6 +395,14 @@ class FairVLMedDataModule(LightningDataModule):
         cache_dir: cache for the Arrow files; default ``root/".cache"`` for synthetic data
             (``synthetic=True`` or a folder written by ``ensure_synthetic_assets``), the
             ``datasets`` cache otherwise.
+        cache_check: ``"stat"`` (default) or ``"content"``: how the split cache sees edited
+            files (see :func:`~fairvlm_lightning.data.load_fairvlmed`); ``"content"`` also
+            catches a file rewritten with the same size and modification time.
+
+    The training loader is a :class:`~fairvlm_lightning.data.sampling.ResumableDataLoader`:
+    Lightning saves its position in the epoch in every checkpoint, so a run resumed from a
+    mid-epoch checkpoint skips exactly the batches it had seen. A damaged cache file (the split's
+    Arrow file or its preprocessed ``cache-*.arrow``) is rebuilt with a warning.
 
     Example:
         >>> import tempfile
@@ -390,8 +432,12 @@ class FairVLMedDataModule(LightningDataModule):
         balance_attribute: str | None = None,
         seed: int = 0,
         cache_dir: str | os.PathLike[str] | None = None,
+        cache_check: Literal["stat", "content"] = "stat",
     ) -> None:
         super().__init__()
+        if cache_check not in ("stat", "content"):
+            raise ValueError(f"cache_check must be 'stat' or 'content', got {cache_check!r}")
+        self.cache_check = cache_check
         self.root = Path(root)
         if model is None and not synthetic:
             raise ValueError(
@@ -492,7 +538,13 @@ class FairVLMedDataModule(LightningDataModule):
                 return _Seq(v, length=n)
 
         assert self.image_transform is not None
-        ds = load_fairvlmed(self.root, split, notes=self.notes, cache_dir=self.cache_dir)
+        ds = load_fairvlmed(
+            self.root,
+            split,
+            notes=self.notes,
+            cache_dir=self.cache_dir,
+            cache_check=self.cache_check,
+        )
         self.datasets[split] = ds
         transform, tokenizer, length = self.image_transform, self.tokenizer, self.max_length
         h, w = ds.features["image"].shape
@@ -534,13 +586,15 @@ class FairVLMedDataModule(LightningDataModule):
                 "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int8),
             }
 
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
+        _drop_damaged_map_cache(ds, fingerprint)
         return ds.with_format("arrow").map(
             preprocess,
             batched=True,
             batch_size=256,
             remove_columns=["image", "note", "filename"],
             features=features,
-            new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32],
+            new_fingerprint=fingerprint,
             desc=f"Preprocessing FairVLMed {split}",
         )
 
@@ -594,10 +648,12 @@ class FairVLMedDataModule(LightningDataModule):
             )
         return self._splits[split]
 
-    def _loader(self, split: str, batch_size: int, sampler: Any = None) -> DataLoader:
+    def _loader(
+        self, split: str, batch_size: int, sampler: Any = None, cls: type[DataLoader] = DataLoader
+    ) -> DataLoader:
         assert self.image_transform is not None
         ds = self.split_dataset(split)
-        return DataLoader(
+        return cls(
             ds,
             batch_size=batch_size,
             sampler=sampler,
@@ -622,7 +678,7 @@ class FairVLMedDataModule(LightningDataModule):
             sampler: Any = GroupBalancedSampler(groups, seed=self.seed)
         else:
             sampler = EpochShuffleSampler(len(ds), seed=self.seed)
-        return self._loader("train", self.batch_size, sampler)
+        return self._loader("train", self.batch_size, sampler, cls=ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in file order."""

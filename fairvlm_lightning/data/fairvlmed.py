@@ -14,14 +14,25 @@ array); the synthetic twin adds ``is_bad_pair`` (0-d bool) and ``cdr`` (0-d floa
 
 :func:`load_fairvlmed` validates every file and writes one split into an Arrow file under a cache
 folder (memory-mapped, so 10,000 full-size fundus images cost disk, not RAM, and all DDP ranks
-share the page cache); the cache key covers the file names, sizes and modification times, so an
-edited folder is read again.
+share the page cache).
+
+The cache file is ``<cache_dir>/fairvlmed-<split>-<key>.arrow``. Its key hashes the cache format
+version, the absolute split folder, the attributes whose unknowns are dropped, whether notes come
+from a CSV or from the npz files, and, for every npz file and the notes CSV, its name, size and
+modification time in nanoseconds (``cache_check="stat"``, the default) or additionally a SHA-256
+of its bytes (``cache_check="content"``). So an edited, added or removed file is read again; only
+a rewrite that keeps a file's size and modification time (``cp -p``, ``rsync -t``, some
+archive tools) is missed by the default, and the content check catches it at the cost of reading
+every file once per load. A sidecar ``<name>.arrow.json`` records the row count; a cache file
+that cannot be read or holds fewer rows (a crash or a full disk while copying it, a truncation)
+is rebuilt with a warning.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -29,7 +40,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -123,10 +134,30 @@ def _resolve_notes(root: Path, notes: str | os.PathLike[str] | None) -> Path | N
     raise FileNotFoundError(f"notes CSV not found: {path}")
 
 
+def _decode_error(e: UnicodeDecodeError, data: bytes) -> str:
+    """``byte 0xe9 at position 24 (line 2)`` for an error while decoding ``data``."""
+    line = data.count(b"\n", 0, e.start) + 1
+    return f"byte 0x{data[e.start]:02x} at position {e.start} (line {line})"
+
+
 def _read_notes_csv(path: Path) -> dict[str, str]:
     """Map npz file name (column 0) to note (column 2); the first row is a header."""
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"notes CSV {path} is not UTF-8 text: {_decode_error(e, raw)}; a latin-1 or "
+            "binary file? Convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    if "\0" in text:
+        at = text.index("\0")
+        raise ValueError(
+            f"notes CSV {path}, line {text.count(chr(10), 0, at) + 1}: NUL byte at position "
+            f"{at}; a binary file, not a text CSV?"
+        )
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             next(reader)
@@ -189,7 +220,13 @@ def _read_note(npz: Any, path: Path) -> str:
         )
     note = arr.reshape(()).item()
     if isinstance(note, bytes):
-        note = note.decode("utf-8")
+        try:
+            note = note.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}: field 'note' is not UTF-8 text: {_decode_error(e, note)}; a latin-1 "
+                "note? Re-save it as a str (unicode) array or as UTF-8 bytes"
+            ) from None
     return str(note).strip()
 
 
@@ -277,8 +314,13 @@ def _default_cache_dir() -> Path:
 
 
 def _cache_key(
-    folder: Path, files: Sequence[Path], notes_path: Path | None, drop: tuple[str, ...]
+    folder: Path,
+    files: Sequence[Path],
+    notes_path: Path | None,
+    drop: tuple[str, ...],
+    content: bool = False,
 ) -> str:
+    """The cache file's key (see the module docstring); ``content`` adds each file's SHA-256."""
     h = hashlib.sha256()
     h.update(_CACHE_VERSION.encode())
     h.update(str(folder.resolve()).encode())
@@ -286,8 +328,36 @@ def _cache_key(
     for p in [*files, *([notes_path] if notes_path is not None else [])]:
         st = p.stat()
         h.update(f"\0{p.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        if content:
+            with open(p, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
     h.update(b"csv" if notes_path is not None else b"npz-note")
-    return h.hexdigest()[:24]
+    return h.hexdigest()[:24] + ("-c" if content else "")
+
+
+def _open_cache(target: Path, folder: Path) -> Any:
+    """The cached split, or ``None`` when absent or damaged (then removed, with a warning)."""
+    from datasets import Dataset
+
+    meta = target.with_name(target.name + ".json")
+    if not target.is_file():
+        return None
+    try:
+        expected = int(json.loads(meta.read_text())["num_rows"])
+        ds = Dataset.from_file(str(target))
+        if len(ds) != expected:
+            raise ValueError(f"it holds {len(ds)} rows, its sidecar {meta.name} says {expected}")
+        return ds
+    except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ArrowInvalid, ...
+        warnings.warn(
+            f"FairVLMed cache file {target} is damaged or incomplete ({type(e).__name__}: {e}); "
+            f"rebuilding it from {folder}",
+            UserWarning,
+            stacklevel=3,
+        )
+        for path in (target, meta):
+            path.unlink(missing_ok=True)
+        return None
 
 
 def _rows(
@@ -296,9 +366,14 @@ def _rows(
     notes_path: Path | None,
     drop: tuple[str, ...],
 ) -> Iterator[dict[str, Any]]:
-    """Validated rows, unknown-attribute samples dropped, ``index`` numbered after dropping."""
+    """Validated rows, unknown-attribute samples dropped, ``index`` numbered after dropping.
+
+    Raises ``ValueError`` at the end when every sample was dropped (an empty split would only
+    fail much later, deep in ``datasets``).
+    """
     index = 0
     first: dict[str, Any] | None = None
+    unknown = dict.fromkeys(drop, 0)
     for path in files:
         row = _read_sample(path, notes, notes_path)
         if first is None:
@@ -315,10 +390,19 @@ def _rows(
                     f"(compare {first['filename']})"
                 )
         if any(row[a] == -1 for a in drop):
+            for a in drop:
+                unknown[a] += row[a] == -1
             continue
         row["index"] = index
         index += 1
         yield row
+    if index == 0 and files:
+        counts = ", ".join(f"{a}: {n}" for a, n in unknown.items() if n)
+        raise ValueError(
+            f"no samples left in {files[0].parent}: all {len(files)} samples have an unknown (-1) "
+            f"value of an attribute that is dropped ({counts} samples unknown). Pass "
+            "drop_unknown=False, or the attributes to filter on, e.g. drop_unknown=['race']"
+        )
 
 
 def _batched(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -344,6 +428,7 @@ def load_fairvlmed(
     drop_unknown: bool | Sequence[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     keep_in_memory: bool = False,
+    cache_check: Literal["stat", "content"] = "stat",
 ) -> Any:
     """Read one split of a Harvard-FairVLMed folder into a :class:`datasets.Dataset`.
 
@@ -370,6 +455,10 @@ def load_fairvlmed(
         cache_dir: where the Arrow file is written; default
             ``$HF_DATASETS_CACHE/fairvlm_lightning``.
         keep_in_memory: build the dataset in RAM instead of an Arrow file (small data, tests).
+        cache_check: how the cache key sees the files (see the module docstring): ``"stat"``
+            (default) by name, size and modification time; ``"content"`` also by a SHA-256 of
+            every file's bytes, which catches a rewrite that keeps size and modification time
+            but reads the whole split once per call.
 
     Returns:
         The split as a :class:`datasets.Dataset`.
@@ -377,7 +466,10 @@ def load_fairvlmed(
     Raises:
         FileNotFoundError: missing root, split folder or notes CSV; no ``.npz`` file.
         ValueError: unknown split or attribute; corrupt or truncated npz (the file is named);
-            missing field or note; value out of range; image shapes differ within the split.
+            missing field or note; a note or notes CSV that is not UTF-8 text; value out of
+            range; image shapes differ within the split; no sample left after dropping
+            unknown attributes. A damaged cache file is not an error: it is rebuilt (with a
+            warning).
         TypeError: a field of the wrong dtype (e.g. a float label, a non-uint8 image).
 
     Example:
@@ -397,6 +489,8 @@ def load_fairvlmed(
     """
     from datasets import Dataset
 
+    if cache_check not in ("stat", "content"):
+        raise ValueError(f"cache_check must be 'stat' or 'content', got {cache_check!r}")
     root = Path(root)
     folder = split_folder(root, split)
     drop = _drop_attributes(drop_unknown, split)
@@ -422,16 +516,26 @@ def load_fairvlmed(
 
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"fairvlmed-{split}-{_cache_key(folder, files, notes_path, drop)}.arrow"
-    if not target.is_file():
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            with ArrowWriter(features=features, path=str(tmp)) as writer:
-                for batch in _batched(_rows(files, note_map, notes_path, drop), _WRITE_BATCH):
-                    writer.write_batch(_columns(batch, names))
-                writer.finalize()
-            os.replace(tmp, target)  # atomic: concurrent DDP ranks never see a partial file
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+    key = _cache_key(folder, files, notes_path, drop, content=cache_check == "content")
+    target = cache / f"fairvlmed-{split}-{key}.arrow"
+    cached = _open_cache(target, folder)
+    if cached is not None:
+        return cached.with_format("numpy")
+    tag = f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.with_name(f"{target.name}.{tag}")
+    meta = target.with_name(f"{target.name}.json")
+    tmp_meta = meta.with_name(f"{meta.name}.{tag}")
+    try:
+        with ArrowWriter(features=features, path=str(tmp)) as writer:
+            for batch in _batched(_rows(files, note_map, notes_path, drop), _WRITE_BATCH):
+                writer.write_batch(_columns(batch, names))
+            num_rows, _ = writer.finalize()
+        tmp_meta.write_text(json.dumps({"num_rows": int(num_rows)}) + "\n")
+        # The sidecar first, then the data, each atomically: a reader sees either no cache, or
+        # a complete one (concurrent DDP ranks never see a partial file).
+        os.replace(tmp_meta, meta)
+        os.replace(tmp, target)
+    finally:
+        for path in (tmp, tmp_meta):
+            path.unlink(missing_ok=True)
     return Dataset.from_file(str(target)).with_format("numpy")

@@ -4,7 +4,8 @@ Lightning does not checkpoint the global RNG, so a loader built with ``shuffle=T
 samples in a different order after a resume. Any state that is keyed on what a sample saw in an
 epoch (Dynamic Bad Pair Mining, for one) then diverges from an uninterrupted run. Lightning calls
 ``sampler.set_epoch(epoch)`` at the start of every training epoch when the sampler has it, which is
-all these samplers need.
+all these samplers need. :class:`ResumableDataLoader` adds the position within an epoch, which
+Lightning saves in checkpoints, so a mid-epoch resume skips exactly what was seen.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -110,3 +111,147 @@ class GroupBalancedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class _SkipFirstBatches:
+    """The loader's batch sampler, minus the batches a resumed epoch has already seen."""
+
+    def __init__(self, batches: Any, loader: ResumableDataLoader) -> None:
+        self.batches = batches
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        # DataLoader iterators call iter() on this once or twice while they are created (and
+        # again on each reset of persistent workers): the skip of the pass being created.
+        it = iter(self.batches)
+        for _ in range(self.loader._pass_skip):  # indices only: skipped samples are not loaded
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _CountingIterator:
+    def __init__(self, it: Iterator[Any], loader: ResumableDataLoader) -> None:
+        self.it = it
+        self.loader = loader
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.it)
+        self.loader._batches_done += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.it)  # type: ignore[arg-type]
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` whose position in the epoch Lightning saves and restores.
+
+    Lightning checkpoints the ``state_dict()`` of every training loader that has
+    ``state_dict``/``load_state_dict`` (``FitLoop.on_save_checkpoint`` →
+    ``CombinedLoader._state_dicts``), and on resume calls ``load_state_dict`` on the new loader
+    before it creates the epoch's iterator (``FitLoop.setup_data``). It calls them on the
+    *loader*, not on its sampler, so the position lives here: the state is the sampler's epoch
+    and the number of batches the training loop has taken in it (counted where batches are
+    handed out, so worker prefetching does not count). After loading, the next pass skips that
+    many batches of the batch sampler (indices only, the skipped samples are never loaded) and
+    visits the rest of the same epoch's order; a state taken at the end of an epoch resumes at
+    the start of the next one. Lightning then continues its batch count where it stopped, so a
+    resumed epoch sees every sample exactly once, as an uninterrupted one.
+
+    The sampler's epoch is restored too: with worker processes Lightning creates the resumed
+    epoch's iterator (and the workers start drawing indices) before it calls ``set_epoch``. The
+    order itself must be a function of ``(seed, epoch)`` (:class:`EpochShuffleSampler`,
+    :class:`GroupBalancedSampler`); with ``shuffle=True`` the skipped batches of the resumed
+    order are not those of the interrupted one.
+
+    Example:
+        >>> loader = ResumableDataLoader(list(range(10)), batch_size=3,
+        ...                              sampler=EpochShuffleSampler(10, seed=0))
+        >>> loader.sampler.set_epoch(1)
+        >>> it = iter(loader)
+        >>> seen = [next(it).tolist(), next(it).tolist()]
+        >>> state = loader.state_dict()
+        >>> state
+        {'epoch': 1, 'batches': 2, 'num_batches': 4}
+        >>> resumed = ResumableDataLoader(list(range(10)), batch_size=3,
+        ...                               sampler=EpochShuffleSampler(10, seed=0))
+        >>> resumed.load_state_dict(state)
+        >>> rest = [b.tolist() for b in resumed]
+        >>> loader.sampler.set_epoch(1)
+        >>> seen + rest == [b.tolist() for b in loader]
+        True
+    """
+
+    _skip_next: int = 0  # batches the next pass skips (set by load_state_dict)
+    _pass_skip: int = 0  # the skip of the pass whose iterator is being created
+    _batches_done: int = 0  # batches of the current pass taken, skipped ones included
+
+    @property
+    def _index_sampler(self) -> Any:  # what DataLoader iterators draw indices from
+        return _SkipFirstBatches(super()._index_sampler, self)
+
+    def __iter__(self) -> Any:
+        self._batches_done = self._pass_skip = self._skip_next
+        self._skip_next = 0
+        try:
+            it = super().__iter__()
+        finally:
+            self._pass_skip = 0
+        return _CountingIterator(it, self)
+
+    def _samplers(self) -> list[Any]:
+        found = [self.sampler, getattr(self.batch_sampler, "sampler", None)]
+        return [s for s in dict.fromkeys(found) if s is not None]
+
+    def _epoch(self) -> int | None:
+        for sampler in self._samplers():
+            epoch = getattr(sampler, "epoch", None)
+            if isinstance(epoch, int):
+                return epoch
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "batches", "num_batches"}``: where the current epoch stands."""
+        return {
+            "epoch": self._epoch(),
+            "batches": int(self._batches_done),
+            "num_batches": len(self),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume at the saved position: the next pass skips the batches already taken.
+
+        Raises:
+            ValueError: a state without the keys of :meth:`state_dict`, or one saved by a loader
+                with another number of batches per epoch (another dataset or batch size).
+        """
+        missing = {"epoch", "batches", "num_batches"} - set(state_dict)
+        if missing:
+            raise ValueError(
+                f"ResumableDataLoader state lacks {sorted(missing)}; got {sorted(state_dict)}"
+            )
+        total, done, epoch = (
+            int(state_dict["num_batches"]),
+            int(state_dict["batches"]),
+            state_dict["epoch"],
+        )
+        if total != len(self):
+            raise ValueError(
+                f"cannot resume: the checkpoint holds the state of a loader with {total} batches "
+                f"per epoch, this one has {len(self)} (another dataset size or batch size?)"
+            )
+        if done >= total:  # the epoch was complete: start the next one
+            self._skip_next = self._batches_done = 0
+            epoch = None if epoch is None else int(epoch) + 1
+        else:
+            self._skip_next = self._batches_done = max(done, 0)
+        if epoch is not None:
+            for sampler in self._samplers():
+                if callable(getattr(sampler, "set_epoch", None)):
+                    sampler.set_epoch(int(epoch))

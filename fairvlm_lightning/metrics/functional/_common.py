@@ -97,8 +97,18 @@ def _preds_target_validation(preds: Tensor, target: Tensor) -> None:
         )
     if preds.numel() == 0:
         return
-    # One reduction each; NaN fails both comparisons and is reported with the range error.
+    # One reduction in the common case; NaN fails both comparisons, so it lands here too and is
+    # told apart from a mere range error (a sigmoid would not fix a NaN).
     if not bool(((preds >= 0) & (preds <= 1)).all()):
+        nonfinite = ~torch.isfinite(preds)
+        if bool(nonfinite.any()):
+            where = torch.nonzero(nonfinite.flatten()).flatten()
+            raise ValueError(
+                f"non-finite scores: `preds` holds {where.numel()} non-finite value(s) at "
+                f"position(s) {where[:10].tolist()} (NaN or infinity; e.g. "
+                f"{preds.flatten()[where[0]].item()}); the model produced them, check its inputs "
+                "and training loss"
+            )
         bad = preds[~((preds >= 0) & (preds <= 1))]
         raise ValueError(
             "scores outside [0, 1]: `preds` must be probabilities P(y=1) (apply a sigmoid or "

@@ -1,0 +1,348 @@
+"""Bad-input and fault matrix of the `fairvlm` command (issue 11, items 1-3, 5 and 6).
+
+Checkpoints, run folders and resuming, through the real command on tiny sizes: ``last.ckpt`` is
+the final epoch's state in every shipped config, ``test`` without a checkpoint is refused, two
+runs never share a version folder, ``--ckpt_path last`` finds the earlier run, and a run killed
+with SIGKILL in the middle of an epoch resumes to exactly the state of an uninterrupted one. The
+data cases are in ``test_bad_inputs_data.py``, the training ones in
+``test_bad_inputs_training.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Trainer
+
+from fairvlm_lightning.cli import FairVLMCLI, claim_version, main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["fairvlm"])  # as from the console script
+
+
+def _args(name: str, root: Path, kwargs: dict[str, Any], *extra: str) -> list[str]:
+    return [
+        "--config",
+        str(CONFIGS / name),
+        "--data.root",
+        str(root),
+        "--data.synthetic_kwargs",
+        json.dumps(kwargs),
+        "--model.model",
+        str(root / "tiny_model"),
+        "--data.batch_size",
+        "16",
+        "--data.eval_batch_size",
+        "48",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        *extra,
+    ]
+
+
+def _ckpt(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+# --------------------------------------------------------------------------- 1: last.ckpt
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_config_keeps_the_latest_state_apart_from_the_best(name: str) -> None:
+    callbacks = yaml.safe_load((CONFIGS / name).read_text())["trainer"]["callbacks"]
+    checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert not any(c.get("save_last") and c.get("monitor") for c in checkpoints)
+    assert [c for c in checkpoints if c.get("monitor") is None] == [{"filename": "last"}]
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_last_ckpt_holds_the_final_epoch(
+    name: str,
+    synthetic_root: Path,
+    synthetic_kwargs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # lr 0: every epoch validates the same, so the best epoch stays epoch 0 and a last.ckpt
+    # copied from the best checkpoint (Lightning's save_last with a monitor) would be epoch 0.
+    max_epochs = 2
+    main(
+        [
+            "fit",
+            *_args(name, synthetic_root, synthetic_kwargs),
+            "--model.optimizer.init_args.lr",
+            "0.0",
+            "--trainer.max_epochs",
+            str(max_epochs),
+            "--trainer.limit_train_batches",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--data.eval_batch_size",
+            "16",
+            "--test_after_fit",
+            "false",
+        ]
+    )
+    out = capsys.readouterr().out
+    folder = tmp_path / "runs" / name.removesuffix(".yaml") / "version_0" / "checkpoints"
+    last = folder / "last.ckpt"
+    assert f"last:       {last.relative_to(tmp_path)}" in out
+    assert _ckpt(last)["epoch"] == max_epochs - 1
+    assert _ckpt(last)["global_step"] == max_epochs
+    (best,) = [p for p in folder.glob("epoch=*.ckpt")]
+    assert _ckpt(best)["epoch"] == 0 and best.name.startswith("epoch=0-")
+
+
+def test_monitored_save_last_draws_a_warning(
+    synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = _args("synthetic_clip.yaml", synthetic_root, synthetic_kwargs)
+    callbacks = json.dumps(
+        [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"monitor": "val/auc", "mode": "max", "save_last": True},
+            }
+        ]
+    )
+    with pytest.warns(UserWarning, match="holds the best epoch, not the last one"):
+        FairVLMCLI(args=[*args, "--trainer.callbacks", callbacks], run=False)
+
+
+# --------------------------------------------------------------------------- 2: test w/o ckpt
+
+
+def test_test_without_ckpt_path_is_refused_unless_asked(
+    synthetic_root: Path,
+    synthetic_kwargs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = _args("synthetic_robust_fair.yaml", synthetic_root, synthetic_kwargs)
+    for subcommand in ("test", "validate"):
+        with pytest.raises(SystemExit) as exc:
+            main([subcommand, *args])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "initial (untrained) weights" in err and "--initial_weights true" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+    main(["test", *args, "--initial_weights", "true"])
+    out = capsys.readouterr().out
+    assert "weights:    initial" in out
+    run = tmp_path / "runs" / "synthetic_robust_fair" / "version_0"
+    record = json.loads((run / "test_metrics.json").read_text())
+    assert record["initial_weights"] is True and record["ckpt_path"] is None
+    assert 0.0 <= record["test/auc"] <= 1.0
+
+
+# --------------------------------------------------------------------------- 3: run folders
+
+
+def test_concurrent_claims_get_distinct_versions(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    threads, claims = 8, 40
+    start = threading.Barrier(threads)
+
+    def claim(_: int) -> list[int]:
+        start.wait()  # all threads race for the same numbers
+        return [claim_version(root) for _ in range(claims)]
+
+    with ThreadPoolExecutor(threads) as pool:
+        got = sorted(v for vs in pool.map(claim, range(threads)) for v in vs)
+    assert got == list(range(threads * claims))  # no number handed out twice
+    assert len(list(root.iterdir())) == threads * claims
+
+
+def test_two_runs_built_at_once_get_their_own_folder(
+    synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # Two `fairvlm fit` built before either has written a file (fit itself is stubbed out):
+    # Lightning's own numbering gives both version_0.
+    monkeypatch.setattr(Trainer, "fit", lambda *args, **kwargs: None)
+    args = [
+        "fit",
+        *_args("synthetic_clip.yaml", synthetic_root, synthetic_kwargs),
+        "--test_after_fit",
+        "false",
+        "--print_table",
+        "false",
+    ]
+    first, second = (FairVLMCLI(args=args) for _ in range(2))
+    assert Path(first.trainer.log_dir).name == "version_0"
+    assert Path(second.trainer.log_dir).name == "version_1"
+    # the saved config keeps version null, so rerunning it claims a new folder as well
+    assert first.config.fit.trainer.logger.init_args.version is None
+    # building without running (run=False) creates no folder
+    FairVLMCLI(args=args[1:], run=False)
+    assert sorted(p.name for p in (tmp_path / "runs" / "synthetic_clip").iterdir()) == [
+        "version_0",
+        "version_1",
+    ]
+
+
+# --------------------------------------------------------------------------- 6: --ckpt_path last
+
+
+def test_ckpt_path_last_resumes_the_latest_earlier_run_or_fails(
+    synthetic_root: Path,
+    synthetic_kwargs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = _args(
+        "synthetic_clip.yaml",
+        synthetic_root,
+        synthetic_kwargs,
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--test_after_fit",
+        "false",
+        "--print_table",
+        "false",
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *base, "--ckpt_path", "last"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ckpt_path last: no last*.ckpt found" in err
+    assert str(Path("runs") / "synthetic_clip" / "version_*" / "checkpoints") in err
+    assert not (tmp_path / "runs").exists()
+
+    main(["fit", *base, "--trainer.max_epochs", "2"])
+    cli = FairVLMCLI(args=["fit", *base, "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    found = Path("runs") / "synthetic_clip" / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"resuming:   {found}" in capsys.readouterr().out
+    assert cli.trainer.ckpt_path == str(found)
+    assert Path(cli.trainer.log_dir).name == "version_1"
+    resumed = _ckpt(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 3  # 2 steps before, 1 after
+
+
+# --------------------------------------------------------------------------- 5: SIGKILL mid-epoch
+
+KILLER = '''
+import os
+import signal
+
+from lightning.pytorch import Callback
+
+
+class KillAt(Callback):
+    """SIGKILL this process when the training loop is about to take step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
+    synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """96 pairs, 6 steps per epoch; killed at step 10, resumed from the step-8 checkpoint.
+
+    Step 8 is the 2nd of 6 batches of epoch 1: the resumed epoch must skip exactly those 32 pairs
+    (a restarted order would see 32 pairs twice and miss 32), so every pair's DBPM history holds
+    one loss per epoch and the memory equals that of a run that was never interrupted.
+    """
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "killer.py").write_text(KILLER)
+    mid = json.dumps(
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"every_n_train_steps": 8, "filename": "mid", "save_top_k": 1},
+        }
+    )
+    args = _args(
+        "synthetic_dbpm.yaml",
+        synthetic_root,
+        synthetic_kwargs,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--test_after_fit",
+        "false",
+        "--print_table",
+        "false",
+        "--trainer.callbacks+",
+        mid,
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fairvlm_lightning.cli",
+            "fit",
+            *args,
+            "--trainer.callbacks+",
+            json.dumps({"class_path": "killer.KillAt", "init_args": {"step": 10}}),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    killed = tmp_path / "runs" / "synthetic_dbpm" / "version_0" / "checkpoints"
+    state = _ckpt(killed / "mid.ckpt")
+    assert state["global_step"] == 8 and state["epoch"] == 1
+    assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 1, "batches": 2, "num_batches": 6}
+    ]
+
+    main(["fit", *args, "--ckpt_path", str(killed / "mid.ckpt")])  # resumed: version_1
+    main(["fit", *args])  # never interrupted: version_2
+    runs = tmp_path / "runs" / "synthetic_dbpm"
+    resumed = _ckpt(runs / "version_1" / "checkpoints" / "last.ckpt")
+    reference = _ckpt(runs / "version_2" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == reference["global_step"] == 12
+
+    def miner(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+        (key,) = [k for k in ckpt["callbacks"] if "DynamicBadPairMining" in k]
+        return ckpt["callbacks"][key]["miner"]
+
+    a, b = miner(resumed), miner(reference)
+    assert torch.equal(a["history_count"], torch.full((96,), 2, dtype=a["history_count"].dtype))
+    assert torch.equal(a["history_count"], b["history_count"])
+    torch.testing.assert_close(a["history_sum"], b["history_sum"], rtol=1e-5, atol=1e-6)
+    assert torch.equal(a["flags"], b["flags"])
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6)
