@@ -1,8 +1,8 @@
 """The ``fairvlm`` command: ``LightningCLI`` over :class:`FairVLMModule` and the FairVLMed data.
 
-``fairvlm fit --config examples/configs/synthetic_robust_fair.yaml`` trains, tests the best
-checkpoint and prints a per-attribute fairness table; ``validate``, ``test`` and ``predict`` work
-as in any ``LightningCLI``. What the command adds to a plain ``LightningCLI``:
+``fairvlm fit --config fairvlm_lightning/configs/synthetic_robust_fair.yaml`` trains, tests the
+best checkpoint and prints a per-attribute fairness table; ``validate``, ``test`` and
+``predict`` work as in any ``LightningCLI``. What the command adds to a plain ``LightningCLI``:
 
 * before anything is built, with ``data.synthetic: true``, the synthetic FairVLMed twin and its
   tiny dual encoder are written under ``data.root`` when missing
@@ -264,7 +264,7 @@ def main(args: list[str] | None = None) -> None:
 
     Args:
         args: command-line arguments (default ``sys.argv[1:]``), e.g.
-            ``["fit", "--config", "examples/configs/synthetic_robust_fair.yaml"]``.
+            ``["fit", "--config", "fairvlm_lightning/configs/synthetic_robust_fair.yaml"]``.
     """
     FairVLMCLI(args=args)
 
