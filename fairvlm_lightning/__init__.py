@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "BadPairMiner": "fairvlm_lightning.mining",
     "DynamicBadPairMining": "fairvlm_lightning.callbacks",
     "find_bad_pair_mining": "fairvlm_lightning.callbacks",
+    "LinearProbeEvaluation": "fairvlm_lightning.probe",
     # losses, fairness term, encoder adapter
     "DualEncoder": "fairvlm_lightning.encoders",
     "DualEncoderOutput": "fairvlm_lightning.encoders",
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from fairvlm_lightning.metrics import GroupAUROC as GroupAUROC
     from fairvlm_lightning.mining import BadPairMiner as BadPairMiner
     from fairvlm_lightning.module import FairVLMModule as FairVLMModule
+    from fairvlm_lightning.probe import LinearProbeEvaluation as LinearProbeEvaluation
     from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss as SinkhornFairnessLoss
 
 

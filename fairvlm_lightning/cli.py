@@ -1,8 +1,8 @@
 """The ``fairvlm`` command: ``LightningCLI`` over :class:`FairVLMModule` and the FairVLMed data.
 
-``fairvlm fit --config examples/configs/synthetic_robust_fair.yaml`` trains, tests the best
-checkpoint and prints a per-attribute fairness table; ``validate``, ``test`` and ``predict`` work
-as in any ``LightningCLI``. What the command adds to a plain ``LightningCLI``:
+``fairvlm fit --config fairvlm_lightning/configs/synthetic_robust_fair.yaml`` trains, tests the
+best checkpoint and prints a per-attribute fairness table; ``validate``, ``test`` and
+``predict`` work as in any ``LightningCLI``. What the command adds to a plain ``LightningCLI``:
 
 * before anything is built, with ``data.synthetic: true``, the synthetic FairVLMed twin and its
   tiny dual encoder are written under ``data.root`` when missing
@@ -32,11 +32,14 @@ as in any ``LightningCLI``. What the command adds to a plain ``LightningCLI``:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
+from fairvlm_lightning.data.synthetic import expand_cache_path
 from fairvlm_lightning.module import FairVLMModule
 
 __all__ = [
@@ -56,6 +60,9 @@ __all__ = [
     "find_last_checkpoint",
     "format_fairness_table",
     "main",
+    "parameter_summary",
+    "resolve_config",
+    "shipped_configs",
 ]
 
 #: Display names of the FairVLMed group codes (``-1`` = unknown is never a group).
@@ -232,6 +239,174 @@ def _logger_root(entry: Any) -> Path | None:
     name = init.get("name")
     name = "lightning_logs" if name is None else str(name)
     return Path(save_dir) / name if name else Path(save_dir)
+def parameter_summary(model: torch.nn.Module) -> str:
+    """One line with the trainable and total parameter counts (LoRA trains a small share).
+
+    Example:
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> layer.bias.requires_grad_(False)  # doctest: +ELLIPSIS
+        Parameter...
+        >>> parameter_summary(layer)
+        'parameters: 6 trainable / 8 total (75.00%)'
+    """
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    share = 100.0 * trainable / total if total else 0.0
+    return f"parameters: {trainable:,} trainable / {total:,} total ({share:.2f}%)"
+
+
+def _expand_cache_paths(section: Any, keys: tuple[str, ...]) -> None:
+    """Put the user cache folder in place of ``${FAIRVLM_CACHE}`` in a config section."""
+    if section is None:
+        return
+    for key in keys:
+        value = section.get(key)
+        if isinstance(value, str):
+            section[key] = expand_cache_path(value)
+
+
+def _configs_dir() -> Path:
+    return Path(str(resources.files("fairvlm_lightning") / "configs"))
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped inside the package: bare name → file.
+
+    Example:
+        >>> "synthetic_robust_fair" in shipped_configs()
+        True
+    """
+    return {p.stem: p for p in sorted(_configs_dir().glob("*.yaml"))}
+
+
+def resolve_config(name: str) -> str:
+    """A ``--config`` value: an existing file as given, else a shipped config's bare name.
+
+    ``synthetic_robust_fair`` and ``synthetic_robust_fair.yaml`` both name
+    ``fairvlm_lightning/configs/synthetic_robust_fair.yaml`` of the installed package; a
+    file of that name in the working directory takes precedence.
+
+    Raises:
+        FileNotFoundError: neither a file nor a shipped config (the message lists them).
+
+    Example:
+        >>> resolve_config("synthetic_clip").endswith("configs/synthetic_clip.yaml")
+        True
+    """
+    if os.path.exists(name) or name.lstrip().startswith(("{", "[")) or "\n" in name:
+        return name
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    shipped = shipped_configs()
+    if os.sep not in name and "/" not in name and stem in shipped:
+        return str(shipped[stem])
+    raise FileNotFoundError(
+        f"config {name!r} is neither a file nor a shipped config; shipped: {sorted(shipped)} "
+        "(`fairvlm configs` lists them)"
+    )
+
+
+def _resolve_config_args(args: list[str]) -> list[str]:
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    return out
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def _configs_command(args: list[str]) -> None:
+    """``fairvlm configs``: list the shipped configs."""
+    parser = argparse.ArgumentParser(prog="fairvlm configs", description=_configs_command.__doc__)
+    parser.parse_args(args)
+    shipped = shipped_configs()
+    width = max(len(n) for n in shipped)
+    print(f"shipped configs (in {_configs_dir()}); use them as --config NAME:")
+    for name, path in shipped.items():
+        print(f"  {name:<{width}}  {_first_comment(path)}")
+
+
+def _probe_command(args: list[str]) -> dict[str, float]:
+    """``fairvlm probe --config X --ckpt_path Y``: linear probe of a checkpoint's features."""
+    from fairvlm_lightning.probe import DEFAULT_WEIGHT_DECAYS, probe_datamodule
+
+    parser = argparse.ArgumentParser(
+        prog="fairvlm probe",
+        description="Linear probe (logistic regression on frozen features, weight decay chosen "
+        "on validation) of a checkpoint; prints the test fairness table. Other arguments "
+        "(--config, --data.*, --model.*) are those of `fairvlm fit`.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint whose weights to probe")
+    parser.add_argument("--features", choices=["image", "image_text"], default="image")
+    parser.add_argument("--class_weight", choices=["none", "balanced"], default="none")
+    parser.add_argument("--solver", choices=["lbfgs", "adamw"], default="lbfgs")
+    parser.add_argument(
+        "--weight_decays", type=float, nargs="+", default=list(DEFAULT_WEIGHT_DECAYS)
+    )
+    parser.add_argument("--cache_dir", default=None, help="optional feature cache folder")
+    parser.add_argument("--json", default=None, help="also write the values to this JSON file")
+    own, rest = parser.parse_known_args(args)
+    ckpt = Path(own.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}")
+    cli = FairVLMCLI(args=_resolve_config_args(rest), run=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if "state_dict" not in state:
+        raise ValueError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict')")
+    cli.model.load_state_dict(state["state_dict"])
+    attributes = dict(cli.model.metric_attributes)
+    values, _ = probe_datamodule(
+        cli.model,
+        cli.datamodule,
+        attributes,
+        features=own.features,
+        cache_dir=own.cache_dir,
+        weight_decays=own.weight_decays,
+        class_weight=None if own.class_weight == "none" else "balanced",
+        solver=own.solver,
+    )
+    out = {f"probe/{k}": float(v) for k, v in values.items()}
+    print()
+    print(format_fairness_table(out, attributes, prefix="probe"))
+    print(
+        f"probe: {own.features} features, weight decay {out['probe/weight_decay']:g} chosen on "
+        f"validation (val AUC {_fmt(out['probe/val_auc'])}), checkpoint {ckpt}"
+    )
+    if own.json:
+        Path(own.json).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+        print(f"metrics:    {own.json}")
+    return out
+
+
+def _export_command(args: list[str]) -> Path:
+    """``fairvlm export --ckpt_path Y --out DIR``: a Hugging Face folder from a checkpoint."""
+    from fairvlm_lightning.export import export_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="fairvlm export",
+        description="Write a checkpoint as a Hugging Face folder (LoRA merged, tokenizer, image "
+        "processor, model card with the training config and the test fairness table).",
+    )
+    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--out", required=True, help="output folder (empty or absent)")
+    parser.add_argument(
+        "--metrics", default=None, help="test metrics JSON for the card (default: the run's)"
+    )
+    parser.add_argument("--overwrite", action="store_true")
+    own = parser.parse_args(args)
+    out = export_checkpoint(own.ckpt_path, own.out, metrics=own.metrics, overwrite=own.overwrite)
+    print(f"exported:   {out}")
+    return out
+
+
+_EXTRA_COMMANDS = {"probe": _probe_command, "export": _export_command, "configs": _configs_command}
 
 
 class FairVLMCLI(LightningCLI):
@@ -370,6 +545,8 @@ class FairVLMCLI(LightningCLI):
         """Create the synthetic data and tiny model when configured and missing."""
         cfg = self._cfg()
         data, model = cfg.get("data"), cfg.get("model")
+        _expand_cache_paths(data, ("root", "model"))
+        _expand_cache_paths(model, ("model", "tokenizer"))
         if data is None:
             return
         if data.get("synthetic"):
@@ -412,6 +589,8 @@ class FairVLMCLI(LightningCLI):
         dbpm = dbpm_summary(train)
         if dbpm:
             print(dbpm)
+        if isinstance(self.model, torch.nn.Module):
+            print(parameter_summary(self.model))
         log_dir = trainer.log_dir
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
@@ -479,9 +658,16 @@ def main(args: list[str] | None = None) -> None:
 
     Args:
         args: command-line arguments (default ``sys.argv[1:]``), e.g.
-            ``["fit", "--config", "examples/configs/synthetic_robust_fair.yaml"]``.
+            ``["fit", "--config", "synthetic_robust_fair"]`` (a bare name is a shipped config).
+            Besides ``LightningCLI``'s subcommands: ``probe --config X --ckpt_path Y`` (linear
+            probe of a checkpoint), ``export --ckpt_path Y --out DIR`` (Hugging Face folder) and
+            ``configs`` (list the shipped configs).
     """
-    FairVLMCLI(args=args)
+    args = sys.argv[1:] if args is None else list(args)
+    if args and args[0] in _EXTRA_COMMANDS:
+        _EXTRA_COMMANDS[args[0]](args[1:])
+        return
+    FairVLMCLI(args=_resolve_config_args(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -140,6 +141,79 @@ def _where_not_found(name: str) -> str:
         f"from the working directory {os.getcwd()} (a relative folder is resolved against the "
         "working directory; pass an absolute path, or model= to load_from_checkpoint).\n"
     )
+def _plain(value: Any) -> Any:
+    """A peft config field as a plain value (sets → sorted lists, enums → their value)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _peft_config(peft: Any) -> tuple[Any, dict[str, Any]]:
+    """Build a ``peft`` config from a dict / ``class_path`` dict / config instance.
+
+    Returns the config and a plain dict (its non-default fields and ``peft_type``) that rebuilds
+    it, for the checkpoint's hyper-parameters.
+    """
+    import importlib
+    from dataclasses import fields
+
+    from peft import PeftConfig
+    from peft.utils import PeftType
+
+    mapping: Any = importlib.import_module("peft.mapping").PEFT_TYPE_TO_CONFIG_MAPPING
+    if isinstance(peft, Mapping) and "class_path" in peft:  # a YAML ``class_path`` block
+        module_name, _, cls_name = str(peft["class_path"]).rpartition(".")
+        cls = getattr(importlib.import_module(module_name or "peft"), cls_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, PeftConfig)):
+            raise ValueError(
+                f"peft class_path must name a peft config class, got {peft['class_path']!r}"
+            )
+        peft = cls(**dict(peft.get("init_args") or {}))
+    elif isinstance(peft, Mapping):
+        kwargs = dict(peft)
+        peft_type = str(_plain(kwargs.pop("peft_type", PeftType.LORA))).upper()
+        if peft_type not in mapping:
+            raise ValueError(f"unknown peft_type {peft_type!r}; expected one of {sorted(mapping)}")
+        cls = mapping[peft_type]
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} option(s) {unknown} in peft=")
+        peft = cls(**kwargs)
+    if not isinstance(peft, PeftConfig):
+        raise TypeError(
+            "peft must be a dict of LoraConfig options, a class_path/init_args dict or a peft "
+            f"PeftConfig, got {type(peft).__name__}"
+        )
+    default = type(peft)()
+    record = {"peft_type": str(_plain(peft.peft_type))}
+    for f in fields(peft):
+        if f.name in ("peft_type", "base_model_name_or_path", "revision"):
+            continue
+        value = _plain(getattr(peft, f.name))
+        if value != _plain(getattr(default, f.name)):
+            record[f.name] = value
+    if not _is_primitive(record):
+        raise TypeError(f"peft config fields must be plain values, got {record}")
+    return peft, record
+
+
+def _wrap_peft(model: PreTrainedModel, peft: Any) -> tuple[Any, dict[str, Any]]:
+    """Wrap ``model`` with ``peft.get_peft_model`` (only adapter weights stay trainable)."""
+    from peft import get_peft_model
+
+    config, record = _peft_config(peft)
+    try:
+        wrapped = get_peft_model(model, config)
+    except ValueError as err:
+        raise ValueError(f"could not apply peft={record} to {type(model).__name__}: {err}") from err
+    return wrapped, record
 
 
 def _check_prompts(prompts: Mapping[Any, Any]) -> dict[int, list[str]]:
@@ -236,6 +310,13 @@ class FairVLMModule(pl.LightningModule):
             pairs are not recorded by DBPM). Under DDP all ranks stop or skip together. A relative
             ``model`` or ``tokenizer`` folder is recorded as its absolute path, so the
             checkpoint loads from any working directory.
+        peft: parameter-efficient fine-tuning with the ``peft`` library: a dict of ``LoraConfig``
+            options (``{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}``; a
+            ``peft_type`` key picks another method), a ``class_path``/``init_args`` dict (YAML) or
+            a ``PeftConfig`` instance. The model is wrapped with ``peft.get_peft_model``, so only
+            the adapter weights are trainable (``self.model`` is then the ``PeftModel``; a model
+            instance is modified in place). The config is recorded as a plain dict, so
+            checkpoints stay ``weights_only``-loadable and ``load_from_checkpoint`` rebuilds it.
 
     Raises:
         ValueError: bad ``loss``, ``fairness_statistic``, negative ``fairness_weight``, bad
@@ -287,6 +368,7 @@ class FairVLMModule(pl.LightningModule):
         scheduler_monitor: str = "val/loss",
         from_pretrained_kwargs: dict[str, Any] | None = None,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
+        peft: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if nonfinite_loss not in ("raise", "skip"):
@@ -333,6 +415,7 @@ class FairVLMModule(pl.LightningModule):
                 ("tokenizer", tokenizer),
                 ("optimizer", optimizer),
                 ("scheduler", scheduler),
+                ("peft", peft),
             )
             if not _is_primitive(value)
         ]
@@ -347,6 +430,8 @@ class FairVLMModule(pl.LightningModule):
         if "tokenizer" in ignore:
             name = getattr(tokenizer, "name_or_path", None)
             extra["tokenizer"] = name if isinstance(name, str) and name else None
+        if peft is not None:  # LoRA & co.: only the adapter weights train
+            hf_model, extra["peft"] = _wrap_peft(hf_model, peft)
         if extra:
             self.save_hyperparameters(extra)
 

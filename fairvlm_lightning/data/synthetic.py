@@ -37,9 +37,12 @@ import numpy as np
 from fairvlm_lightning.data.fairvlmed import ATTRIBUTE_GROUPS, NOTES_FILENAMES
 
 __all__ = [
+    "CACHE_ENV",
     "DEFAULT_PROMPTS",
     "DEFAULT_SIZES",
+    "cache_dir",
     "ensure_synthetic_assets",
+    "expand_cache_path",
     "write_synthetic_fairvlmed",
 ]
 
@@ -47,6 +50,49 @@ __all__ = [
 DEFAULT_SIZES: dict[str, int] = {"train": 2000, "val": 500, "test": 1000}
 #: Zero-shot class prompts of the paper's code; the tiny tokenizer is trained on them too.
 DEFAULT_PROMPTS: tuple[str, str] = ("A photo of non-glaucoma", "A photo of glaucoma")
+
+#: Environment variable naming the cache folder of the synthetic data and tiny models.
+CACHE_ENV = "FAIRVLM_CACHE"
+
+
+def cache_dir() -> Path:
+    """The user cache folder for synthetic data and tiny models (not the working directory).
+
+    ``$FAIRVLM_CACHE`` when set, else ``$XDG_CACHE_HOME/fairvlm-lightning``, else
+    ``~/.cache/fairvlm-lightning``. The shipped configs name it as ``${FAIRVLM_CACHE}``.
+
+    Example:
+        >>> import os
+        >>> os.environ["FAIRVLM_CACHE"] = "/tmp/fv"
+        >>> str(cache_dir())
+        '/tmp/fv'
+        >>> del os.environ["FAIRVLM_CACHE"]
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "fairvlm-lightning"
+
+
+def expand_cache_path(path: str) -> str:
+    """Replace ``${FAIRVLM_CACHE}`` / ``$FAIRVLM_CACHE`` in ``path`` by :func:`cache_dir`.
+
+    Example:
+        >>> import os
+        >>> os.environ["FAIRVLM_CACHE"] = "/tmp/fv"
+        >>> expand_cache_path("${FAIRVLM_CACHE}/synthetic/tiny_model")
+        '/tmp/fv/synthetic/tiny_model'
+        >>> expand_cache_path("data/FairVLMed")
+        'data/FairVLMed'
+        >>> del os.environ["FAIRVLM_CACHE"]
+    """
+    for token in ("${" + CACHE_ENV + "}", "$" + CACHE_ENV):
+        if token in path:
+            path = path.replace(token, str(cache_dir()))
+    return path
+
 
 _FOLDERS = {"train": "Training", "val": "Validation", "test": "Test"}
 #: Written last by :func:`ensure_synthetic_assets`: its presence means the folder is complete.
@@ -541,6 +587,8 @@ def _settings(
         for k, p in model_sig.parameters.items()
         if k not in reserved
     }
+    if model.get("preset") is None:  # keeps folders written before presets existed valid
+        model.pop("preset", None)
     if int(warm_start_steps) < 0:
         raise ValueError(f"warm_start_steps must be >= 0, got {warm_start_steps}")
     return {

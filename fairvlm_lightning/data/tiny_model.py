@@ -26,6 +26,7 @@ import torch
 from numpy import asarray as np_asarray
 
 __all__ = [
+    "MODEL_PRESETS",
     "SPECIAL_TOKENS",
     "build_tiny_dual_encoder",
     "train_note_tokenizer",
@@ -35,6 +36,34 @@ __all__ = [
 #: pad, unk, bos, eos, in id order 0..3.
 SPECIAL_TOKENS: tuple[str, str, str, str] = ("<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>")
 _SUFFIX = "</w>"
+
+#: Architectures :func:`build_tiny_dual_encoder` can build with random weights instead of the tiny
+#: default (``preset=``). ``clip-vit-base-patch16`` has the hyper-parameters of the Hub's
+#: ``openai/clip-vit-base-patch16`` config (ViT-B/16 at 224 px, 12-layer 512-wide text tower,
+#: 77 positions, quick-GELU, 512-d joint space); only the vocabulary is the local tokenizer's.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "clip-vit-base-patch16": {
+        "text": dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            hidden_act="quick_gelu",
+        ),
+        "vision": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            hidden_act="quick_gelu",
+        ),
+        "image_size": 224,
+        "patch_size": 16,
+        "max_length": 77,
+        "projection_dim": 512,
+        "logit_scale_init_value": 2.6592,
+    },
+}
 
 
 def _train_bpe(
@@ -195,6 +224,7 @@ def build_tiny_dual_encoder(
     projection_dim: int = 64,
     image_mean: float | Sequence[float] = 0.5,
     image_std: float | Sequence[float] = 0.25,
+    preset: str | None = None,
 ) -> Path:
     """Train a tokenizer on ``texts``, build a tiny CLIP model, save both and an image processor.
 
@@ -216,12 +246,16 @@ def build_tiny_dual_encoder(
         image_mean: normalisation mean on the [0, 1] scale (a float is used for all 3 channels;
             grayscale images are replicated to 3 channels).
         image_std: normalisation std, likewise.
+        preset: build a real-size architecture from :data:`MODEL_PRESETS` instead (random
+            weights; e.g. ``"clip-vit-base-patch16"``): its tower sizes, image and patch size,
+            text positions and projection replace the size arguments above.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: inconsistent sizes (patch vs image, heads vs width) or a non-positive one.
+        ValueError: an unknown ``preset``, inconsistent sizes (patch vs image, heads vs width)
+            or a non-positive one.
         TypeError: ``texts`` is not an iterable of strings.
 
     Example:
@@ -236,6 +270,13 @@ def build_tiny_dual_encoder(
     """
     from transformers import CLIPConfig, CLIPModel
 
+    spec: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in MODEL_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(MODEL_PRESETS)}")
+        spec = MODEL_PRESETS[preset]
+        image_size, patch_size = spec["image_size"], spec["patch_size"]
+        max_length, projection_dim = spec["max_length"], spec["projection_dim"]
     for name, v in dict(
         vocab_size=vocab_size,
         max_length=max_length,
@@ -266,6 +307,9 @@ def build_tiny_dual_encoder(
         num_attention_heads=num_heads,
         projection_dim=projection_dim,
     )
+    text_tower = dict(spec["text"], projection_dim=projection_dim) if spec else tower
+    vision_tower = dict(spec["vision"], projection_dim=projection_dim) if spec else tower
+    extra = {"logit_scale_init_value": spec["logit_scale_init_value"]} if spec else {}
     config = CLIPConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -273,10 +317,13 @@ def build_tiny_dual_encoder(
             pad_token_id=pad,
             bos_token_id=bos,
             eos_token_id=eos,
-            **tower,
+            **text_tower,
         ),
-        vision_config=dict(image_size=image_size, patch_size=patch_size, num_channels=3, **tower),
+        vision_config=dict(
+            image_size=image_size, patch_size=patch_size, num_channels=3, **vision_tower
+        ),
         projection_dim=projection_dim,
+        **extra,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
