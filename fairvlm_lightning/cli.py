@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.module import FairVLMModule
 
-__all__ = ["GROUP_NAMES", "FairVLMCLI", "dbpm_summary", "format_fairness_table", "main"]
+__all__ = [
+    "GROUP_NAMES",
+    "FairVLMCLI",
+    "benchmark",
+    "dbpm_summary",
+    "format_fairness_table",
+    "main",
+]
 
 #: Display names of the FairVLMed group codes (``-1`` = unknown is never a group).
 GROUP_NAMES: dict[str, tuple[str, ...]] = {
@@ -79,9 +87,19 @@ def format_fairness_table(
         test: AUC 0.800 | Acc 0.750
         attribute  AUC    ES-AUC  DPD    DEOdds  group AUCs
         gender     0.800  0.700   0.100  0.200   Female 0.750, Male 0.850
+
+        With bootstrap intervals (``FairnessMetrics(..., bootstrap=N)``, e.g.
+        ``--model.metric_kwargs '{bootstrap: 1000}'``) each value is followed by ``[low, high]``:
+
+        >>> m.update({"test/auc_ci_low": 0.7, "test/auc_ci_high": 0.9,
+        ...           "test/gender/es_auc_ci_low": 0.6, "test/gender/es_auc_ci_high": 0.8})
+        >>> print(format_fairness_table(m, {"gender": 2}).splitlines()[0])
+        test: AUC 0.800 [0.700, 0.900] | Acc 0.750  (bootstrap intervals in brackets)
     """
     if not isinstance(attributes, Mapping):
         raise TypeError(f"attributes must be a dict, got {type(attributes).__name__}")
+    if any(k.startswith(f"{prefix}/") and k.endswith("_ci_low") for k in metrics):
+        return _format_fairness_table_ci(metrics, attributes, prefix)
     auc = _value(metrics, f"{prefix}/auc")
     acc = _value(metrics, f"{prefix}/acc")
     width = max([len("attribute"), *(len(a) for a in attributes)])
@@ -100,6 +118,42 @@ def format_fairness_table(
             f"{attr:<{width}}  {_fmt(auc)}  {_fmt(_value(metrics, f'{prefix}/{attr}/es_auc'))}   "
             f"{_fmt(_value(metrics, f'{prefix}/{attr}/dpd'))}  "
             f"{_fmt(_value(metrics, f'{prefix}/{attr}/deodds'))}   {groups}"
+        )
+    return "\n".join(lines)
+
+
+def _ci_cell(metrics: Mapping[str, Any], key: str) -> str:
+    value = _fmt(_value(metrics, key))
+    low, high = _value(metrics, f"{key}_ci_low"), _value(metrics, f"{key}_ci_high")
+    if math.isnan(low) and math.isnan(high):
+        return value
+    return f"{value} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _format_fairness_table_ci(
+    metrics: Mapping[str, Any], attributes: Mapping[str, int], prefix: str
+) -> str:
+    """The fairness table with the bootstrap intervals ``[low, high]`` next to each value."""
+    width = max([len("attribute"), *(len(a) for a in attributes)])
+    col = 21
+    lines = [
+        f"{prefix}: AUC {_ci_cell(metrics, f'{prefix}/auc')} | "
+        f"Acc {_ci_cell(metrics, f'{prefix}/acc')}  (bootstrap intervals in brackets)",
+        f"{'attribute':<{width}}  {'ES-AUC':<{col}}  {'DPD':<{col}}  {'DEOdds':<{col}}  "
+        "group AUCs",
+    ]
+    for attr, num_groups in attributes.items():
+        names = GROUP_NAMES.get(attr, ())
+        groups = ", ".join(
+            f"{names[g] if g < len(names) else f'group {g}'} "
+            f"{_ci_cell(metrics, f'{prefix}/{attr}/auc_group_{g}')}"
+            for g in range(int(num_groups))
+        )
+        cells = [
+            _ci_cell(metrics, f"{prefix}/{attr}/{m}") for m in ("es_auc", "dpd", "deodds")
+        ]
+        lines.append(
+            f"{attr:<{width}}  " + "  ".join(f"{c:<{col}}" for c in cells) + f"  {groups}"
         )
     return "\n".join(lines)
 
@@ -136,6 +190,43 @@ def dbpm_summary(metrics: Mapping[str, Any]) -> str:
     return line
 
 
+def _resolve_seeds(cfg: Any) -> dict[str, Any]:
+    """Make ``data.seed`` follow ``seed_everything`` unless it was given; return the seeds used.
+
+    ``LightningCLI`` has already called ``seed_everything`` (a ``true`` value is replaced by the
+    seed it drew). The training order is seeded by the data module's ``seed``, so without this a
+    run with ``--seed_everything 1`` would repeat the run of seed 0.
+    """
+    seed = cfg.get("seed_everything")
+    seed = None if isinstance(seed, bool) else seed
+    data = cfg.get("data")
+    out: dict[str, Any] = {"seed_everything": seed}
+    if data is None or "seed" not in data:
+        return out
+    if data.get("seed") is None:
+        data.seed = int(seed) if seed is not None else 0
+        out["data.seed"], out["data.seed_source"] = data.seed, (
+            "seed_everything" if seed is not None else "default"
+        )
+    else:
+        out["data.seed"], out["data.seed_source"] = int(data.seed), "explicit"
+    return out
+
+
+@rank_zero_only
+def _print_seeds(seeds: Mapping[str, Any]) -> None:
+    if "data.seed" not in seeds:
+        return
+    source = {"explicit": "given", "seed_everything": "from seed_everything"}.get(
+        seeds["data.seed_source"], "default, seed_everything off"
+    )
+    print(
+        f"seeds: seed_everything={seeds['seed_everything']}, "
+        f"data.seed={seeds['data.seed']} ({source})",
+        flush=True,
+    )
+
+
 class FairVLMCLI(LightningCLI):
     """``LightningCLI`` for :class:`FairVLMModule` + :class:`FairVLMedDataModule`.
 
@@ -150,6 +241,7 @@ class FairVLMCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         self.test_results: dict[str, float] = {}
+        self.seeds: dict[str, Any] = {}
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -177,6 +269,8 @@ class FairVLMCLI(LightningCLI):
         data, model = cfg.get("data"), cfg.get("model")
         if data is None:
             return
+        self.seeds = _resolve_seeds(cfg)
+        _print_seeds(self.seeds)
         if data.get("synthetic"):
             kwargs = dict(data.get("synthetic_kwargs") or {})
             ensure_synthetic_assets(data.root, **kwargs)
@@ -259,13 +353,41 @@ class FairVLMCLI(LightningCLI):
         self._report("test", dict(self.trainer.callback_metrics))
 
 
+def benchmark(**kwargs: Any) -> dict[str, Any]:
+    """Run the benchmark of :mod:`fairvlm_lightning.benchmark` with the ``fairvlm`` CLI.
+
+    The function behind ``fairvlm benchmark``: every run is ``fairvlm fit`` of a config with
+    ``--seed_everything <seed>``, through :class:`FairVLMCLI`.
+
+    Args:
+        kwargs: keyword arguments of :func:`fairvlm_lightning.benchmark.run_benchmark`
+            (``configs``, ``seeds``, ``out_dir``, ``max_epochs``, ``fairness_weights``,
+            ``betas``, ...).
+
+    Returns:
+        The report written to ``<out_dir>/benchmark.json``.
+    """
+    from fairvlm_lightning.benchmark import run_benchmark
+
+    return run_benchmark(FairVLMCLI, **kwargs)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``fairvlm`` console script.
+
+    ``fairvlm benchmark ...`` runs :func:`benchmark` (``fairvlm benchmark --help``); every
+    other subcommand is :class:`FairVLMCLI`'s.
 
     Args:
         args: command-line arguments (default ``sys.argv[1:]``), e.g.
             ``["fit", "--config", "examples/configs/synthetic_robust_fair.yaml"]``.
     """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "benchmark":
+        from fairvlm_lightning.benchmark import benchmark_main
+
+        benchmark_main(FairVLMCLI, argv[1:])
+        return
     FairVLMCLI(args=args)
 
 
