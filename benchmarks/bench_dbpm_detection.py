@@ -1,6 +1,6 @@
 """How well does Dynamic Bad Pair Mining find the planted bad pairs? Overall and per group.
 
-Trains the synthetic FairVLMed twin (the ``examples/configs/synthetic_dbpm.yaml`` recipe: the
+Trains the synthetic FairVLMed twin (the shipped ``synthetic_dbpm`` config recipe: the
 tiny dual encoder, AdamW lr 3e-4, batch 16, 32 tokens, 8 epochs, DBPM warm-up 2, no fairness
 term) with a ``DynamicBadPairMining`` callback that drives the weights, and, on the very same
 loss stream, a set of *shadow* ``BadPairMiner`` s (one per candidate rule; they flag but do not

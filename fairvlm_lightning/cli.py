@@ -39,7 +39,6 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from fairvlm_lightning.configs import configs_dir, resolve_config, shipped_configs
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.data.synthetic import expand_cache_path
 from fairvlm_lightning.module import FairVLMModule
@@ -55,6 +55,7 @@ from fairvlm_lightning.module import FairVLMModule
 __all__ = [
     "GROUP_NAMES",
     "FairVLMCLI",
+    "benchmark",
     "claim_version",
     "dbpm_summary",
     "find_last_checkpoint",
@@ -108,9 +109,19 @@ def format_fairness_table(
         test: AUC 0.800 | Acc 0.750
         attribute  AUC    ES-AUC  DPD    DEOdds  group AUCs
         gender     0.800  0.700   0.100  0.200   Female 0.750, Male 0.850
+
+        With bootstrap intervals (``FairnessMetrics(..., bootstrap=N)``, e.g.
+        ``--model.metric_kwargs '{bootstrap: 1000}'``) each value is followed by ``[low, high]``:
+
+        >>> m.update({"test/auc_ci_low": 0.7, "test/auc_ci_high": 0.9,
+        ...           "test/gender/es_auc_ci_low": 0.6, "test/gender/es_auc_ci_high": 0.8})
+        >>> print(format_fairness_table(m, {"gender": 2}).splitlines()[0])
+        test: AUC 0.800 [0.700, 0.900] | Acc 0.750  (bootstrap intervals in brackets)
     """
     if not isinstance(attributes, Mapping):
         raise TypeError(f"attributes must be a dict, got {type(attributes).__name__}")
+    if any(k.startswith(f"{prefix}/") and k.endswith("_ci_low") for k in metrics):
+        return _format_fairness_table_ci(metrics, attributes, prefix)
     auc = _value(metrics, f"{prefix}/auc")
     acc = _value(metrics, f"{prefix}/acc")
     width = max([len("attribute"), *(len(a) for a in attributes)])
@@ -129,6 +140,42 @@ def format_fairness_table(
             f"{attr:<{width}}  {_fmt(auc)}  {_fmt(_value(metrics, f'{prefix}/{attr}/es_auc'))}   "
             f"{_fmt(_value(metrics, f'{prefix}/{attr}/dpd'))}  "
             f"{_fmt(_value(metrics, f'{prefix}/{attr}/deodds'))}   {groups}"
+        )
+    return "\n".join(lines)
+
+
+def _ci_cell(metrics: Mapping[str, Any], key: str) -> str:
+    value = _fmt(_value(metrics, key))
+    low, high = _value(metrics, f"{key}_ci_low"), _value(metrics, f"{key}_ci_high")
+    if math.isnan(low) and math.isnan(high):
+        return value
+    return f"{value} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _format_fairness_table_ci(
+    metrics: Mapping[str, Any], attributes: Mapping[str, int], prefix: str
+) -> str:
+    """The fairness table with the bootstrap intervals ``[low, high]`` next to each value."""
+    width = max([len("attribute"), *(len(a) for a in attributes)])
+    col = 21
+    lines = [
+        f"{prefix}: AUC {_ci_cell(metrics, f'{prefix}/auc')} | "
+        f"Acc {_ci_cell(metrics, f'{prefix}/acc')}  (bootstrap intervals in brackets)",
+        f"{'attribute':<{width}}  {'ES-AUC':<{col}}  {'DPD':<{col}}  {'DEOdds':<{col}}  "
+        "group AUCs",
+    ]
+    for attr, num_groups in attributes.items():
+        names = GROUP_NAMES.get(attr, ())
+        groups = ", ".join(
+            f"{names[g] if g < len(names) else f'group {g}'} "
+            f"{_ci_cell(metrics, f'{prefix}/{attr}/auc_group_{g}')}"
+            for g in range(int(num_groups))
+        )
+        cells = [
+            _ci_cell(metrics, f"{prefix}/{attr}/{m}") for m in ("es_auc", "dpd", "deodds")
+        ]
+        lines.append(
+            f"{attr:<{width}}  " + "  ".join(f"{c:<{col}}" for c in cells) + f"  {groups}"
         )
     return "\n".join(lines)
 
@@ -265,46 +312,6 @@ def _expand_cache_paths(section: Any, keys: tuple[str, ...]) -> None:
             section[key] = expand_cache_path(value)
 
 
-def _configs_dir() -> Path:
-    return Path(str(resources.files("fairvlm_lightning") / "configs"))
-
-
-def shipped_configs() -> dict[str, Path]:
-    """The configs shipped inside the package: bare name → file.
-
-    Example:
-        >>> "synthetic_robust_fair" in shipped_configs()
-        True
-    """
-    return {p.stem: p for p in sorted(_configs_dir().glob("*.yaml"))}
-
-
-def resolve_config(name: str) -> str:
-    """A ``--config`` value: an existing file as given, else a shipped config's bare name.
-
-    ``synthetic_robust_fair`` and ``synthetic_robust_fair.yaml`` both name
-    ``fairvlm_lightning/configs/synthetic_robust_fair.yaml`` of the installed package; a
-    file of that name in the working directory takes precedence.
-
-    Raises:
-        FileNotFoundError: neither a file nor a shipped config (the message lists them).
-
-    Example:
-        >>> resolve_config("synthetic_clip").endswith("configs/synthetic_clip.yaml")
-        True
-    """
-    if os.path.exists(name) or name.lstrip().startswith(("{", "[")) or "\n" in name:
-        return name
-    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
-    shipped = shipped_configs()
-    if os.sep not in name and "/" not in name and stem in shipped:
-        return str(shipped[stem])
-    raise FileNotFoundError(
-        f"config {name!r} is neither a file nor a shipped config; shipped: {sorted(shipped)} "
-        "(`fairvlm configs` lists them)"
-    )
-
-
 def _resolve_config_args(args: list[str]) -> list[str]:
     out = list(args)
     for i, arg in enumerate(out):
@@ -328,7 +335,7 @@ def _configs_command(args: list[str]) -> None:
     parser.parse_args(args)
     shipped = shipped_configs()
     width = max(len(n) for n in shipped)
-    print(f"shipped configs (in {_configs_dir()}); use them as --config NAME:")
+    print(f"shipped configs (in {configs_dir()}); use them as --config NAME:")
     for name, path in shipped.items():
         print(f"  {name:<{width}}  {_first_comment(path)}")
 
@@ -406,7 +413,41 @@ def _export_command(args: list[str]) -> Path:
     return out
 
 
-_EXTRA_COMMANDS = {"probe": _probe_command, "export": _export_command, "configs": _configs_command}
+def _resolve_seeds(cfg: Any) -> dict[str, Any]:
+    """Make ``data.seed`` follow ``seed_everything`` unless it was given; return the seeds used.
+
+    ``LightningCLI`` has already called ``seed_everything`` (a ``true`` value is replaced by the
+    seed it drew). The training order is seeded by the data module's ``seed``, so without this a
+    run with ``--seed_everything 1`` would repeat the run of seed 0.
+    """
+    seed = cfg.get("seed_everything")
+    seed = None if isinstance(seed, bool) else seed
+    data = cfg.get("data")
+    out: dict[str, Any] = {"seed_everything": seed}
+    if data is None or "seed" not in data:
+        return out
+    if data.get("seed") is None:
+        data.seed = int(seed) if seed is not None else 0
+        out["data.seed"], out["data.seed_source"] = data.seed, (
+            "seed_everything" if seed is not None else "default"
+        )
+    else:
+        out["data.seed"], out["data.seed_source"] = int(data.seed), "explicit"
+    return out
+
+
+@rank_zero_only
+def _print_seeds(seeds: Mapping[str, Any]) -> None:
+    if "data.seed" not in seeds:
+        return
+    source = {"explicit": "given", "seed_everything": "from seed_everything"}.get(
+        seeds["data.seed_source"], "default, seed_everything off"
+    )
+    print(
+        f"seeds: seed_everything={seeds['seed_everything']}, "
+        f"data.seed={seeds['data.seed']} ({source})",
+        flush=True,
+    )
 
 
 class FairVLMCLI(LightningCLI):
@@ -423,6 +464,7 @@ class FairVLMCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         self.test_results: dict[str, float] = {}
+        self.seeds: dict[str, Any] = {}
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -549,6 +591,8 @@ class FairVLMCLI(LightningCLI):
         _expand_cache_paths(model, ("model", "tokenizer"))
         if data is None:
             return
+        self.seeds = _resolve_seeds(cfg)
+        _print_seeds(self.seeds)
         if data.get("synthetic"):
             kwargs = dict(data.get("synthetic_kwargs") or {})
             ensure_synthetic_assets(data.root, **kwargs)
@@ -653,8 +697,44 @@ class FairVLMCLI(LightningCLI):
         self._report("test", dict(self.trainer.callback_metrics))
 
 
+def benchmark(**kwargs: Any) -> dict[str, Any]:
+    """Run the benchmark of :mod:`fairvlm_lightning.benchmark` with the ``fairvlm`` CLI.
+
+    The function behind ``fairvlm benchmark``: every run is ``fairvlm fit`` of a config with
+    ``--seed_everything <seed>``, through :class:`FairVLMCLI`.
+
+    Args:
+        kwargs: keyword arguments of :func:`fairvlm_lightning.benchmark.run_benchmark`
+            (``configs``, ``seeds``, ``out_dir``, ``max_epochs``, ``fairness_weights``,
+            ``betas``, ...).
+
+    Returns:
+        The report written to ``<out_dir>/benchmark.json``.
+    """
+    from fairvlm_lightning.benchmark import run_benchmark
+
+    return run_benchmark(FairVLMCLI, **kwargs)
+
+
+def _benchmark_command(argv: list[str]) -> None:
+    from fairvlm_lightning.benchmark import benchmark_main
+
+    benchmark_main(FairVLMCLI, argv)
+
+
+_EXTRA_COMMANDS = {
+    "probe": _probe_command,
+    "export": _export_command,
+    "configs": _configs_command,
+    "benchmark": _benchmark_command,
+}
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``fairvlm`` console script.
+
+    ``fairvlm benchmark ...`` runs :func:`benchmark` (``fairvlm benchmark --help``); every
+    other subcommand is :class:`FairVLMCLI`'s.
 
     Args:
         args: command-line arguments (default ``sys.argv[1:]``), e.g.
@@ -663,11 +743,11 @@ def main(args: list[str] | None = None) -> None:
             probe of a checkpoint), ``export --ckpt_path Y --out DIR`` (Hugging Face folder) and
             ``configs`` (list the shipped configs).
     """
-    args = sys.argv[1:] if args is None else list(args)
-    if args and args[0] in _EXTRA_COMMANDS:
-        _EXTRA_COMMANDS[args[0]](args[1:])
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in _EXTRA_COMMANDS:
+        _EXTRA_COMMANDS[argv[0]](argv[1:])
         return
-    FairVLMCLI(args=_resolve_config_args(args))
+    FairVLMCLI(args=_resolve_config_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -184,3 +184,42 @@ def test_help_and_table_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert dbpm_summary({"dbpm/num_faulty": 2, "dbpm/num_noisy": 0}).endswith("pairs flagged")
     with pytest.raises(TypeError, match="attributes must be a dict"):
         format_fairness_table({}, ["race"])  # type: ignore[arg-type]
+
+
+def test_seed_everything_seeds_the_data_unless_data_seed_is_given(
+    synthetic_root: Path, synthetic_kwargs: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--config", str(CONFIGS / "synthetic_clip.yaml"), *_overrides(synthetic_root,
+                                                                           synthetic_kwargs)]
+    cli = FairVLMCLI(args=[*base, "--seed_everything", "3"], run=False)
+    assert cli.datamodule.seed == 3 and cli.datamodule.hparams["seed"] == 3
+    assert cli.seeds == {
+        "seed_everything": 3, "data.seed": 3, "data.seed_source": "seed_everything"
+    }
+    assert "seeds: seed_everything=3, data.seed=3 (from seed_everything)" in capsys.readouterr().out
+    cli = FairVLMCLI(args=[*base, "--seed_everything", "3", "--data.seed", "7"], run=False)
+    assert cli.datamodule.seed == 7
+    assert "data.seed=7 (given)" in capsys.readouterr().out
+    cli = FairVLMCLI(args=[*base, "--seed_everything", "false"], run=False)
+    assert cli.datamodule.seed == 0
+    # the training order differs between seeds (the order is a function of (seed, epoch))
+    orders = []
+    for seed in ("1", "2"):
+        cli = FairVLMCLI(args=[*base, "--seed_everything", seed], run=False)
+        cli.datamodule.setup("fit")
+        orders.append(next(iter(cli.datamodule.train_dataloader()))["index"].tolist())
+    assert orders[0] != orders[1]
+
+
+def test_balanced_config_balances_race(synthetic_root: Path, synthetic_kwargs: dict) -> None:
+    from fairvlm_lightning.data import GroupBalancedSampler
+
+    cli = FairVLMCLI(
+        args=["--config", str(CONFIGS / "synthetic_clip_balanced.yaml"),
+              *_overrides(synthetic_root, synthetic_kwargs), "--seed_everything", "5"],
+        run=False,
+    )
+    assert cli.datamodule.balance_attribute == "race" and cli.model.fairness_weight == 0
+    cli.datamodule.setup("fit")
+    sampler = cli.datamodule.train_dataloader().sampler
+    assert isinstance(sampler, GroupBalancedSampler) and sampler.seed == 5

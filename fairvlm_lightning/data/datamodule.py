@@ -52,6 +52,15 @@ _STAGE_SPLITS = {
 }
 
 
+def _global_seed() -> int:
+    """The seed of Lightning's last ``seed_everything`` (``PL_GLOBAL_SEED``), else 0."""
+    value = os.environ.get("PL_GLOBAL_SEED")
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
+
+
 def _getattr_dict(obj: Any, name: str) -> dict[str, Any] | None:
     value = getattr(obj, name, None)
     if value is None:
@@ -391,7 +400,9 @@ class FairVLMedDataModule(LightningDataModule):
         notes: notes CSV name, or ``None`` for the npz ``note`` field (see ``load_fairvlmed``).
         attributes: protected attributes put in each batch.
         balance_attribute: draw training batches balanced over this attribute's groups.
-        seed: seed of the training order.
+        seed: seed of the training order; ``None`` (the default) takes the seed of Lightning's
+            ``seed_everything`` (``PL_GLOBAL_SEED``) when one is set, else 0. The ``fairvlm``
+            command fills it from ``--seed_everything`` unless it is given explicitly.
         cache_dir: cache for the Arrow files; default ``root/".cache"`` for synthetic data
             (``synthetic=True`` or a folder written by ``ensure_synthetic_assets``), the
             ``datasets`` cache otherwise.
@@ -430,7 +441,7 @@ class FairVLMedDataModule(LightningDataModule):
         notes: str | None = "gpt-4_summarized_notes.csv",
         attributes: Sequence[str] = ("race", "gender", "ethnicity", "language"),
         balance_attribute: str | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_check: Literal["stat", "content"] = "stat",
     ) -> None:
@@ -474,7 +485,12 @@ class FairVLMedDataModule(LightningDataModule):
         self.notes = notes
         self.attributes = tuple(attributes)
         self.balance_attribute = balance_attribute
-        self.seed = int(seed)
+        if seed is None:
+            seed = _global_seed()
+        if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        seed = int(seed)
+        self.seed = seed
         if cache_dir is not None:
             self.cache_dir: Path | None = Path(cache_dir)
         else:

@@ -9,7 +9,9 @@ from torch import Tensor
 
 from fairvlm_lightning.metrics._base import _SampleMetric
 from fairvlm_lightning.metrics.functional.report import (
+    _bootstrap_arg_validation,
     _fairness_metrics_arg_validation,
+    _fairness_metrics_bootstrap,
     _fairness_metrics_compute,
     _fairness_metrics_format,
     _fairness_metrics_tensor_validation,
@@ -41,6 +43,11 @@ class FairnessMetrics(_SampleMetric):
         ignore_index: group id marking an unknown member (counted in ``auc``/``acc`` only).
         validate_args: check shapes, dtypes, keys and value ranges in ``update`` (costs a device
             sync; constructor arguments are always checked).
+        bootstrap: replicates of a stratified percentile bootstrap over the stored samples
+            (0 = none); each key ``k`` then also gets ``k_ci_low`` and ``k_ci_high``. See
+            :func:`~fairvlm_lightning.metrics.functional.fairness_metrics` for the scheme.
+        ci: coverage of the intervals, in (0, 1).
+        seed: seed of the resampling (the same seed gives the same intervals).
         kwargs: forwarded to :class:`torchmetrics.Metric`.
 
     Example:
@@ -54,6 +61,10 @@ class FairnessMetrics(_SampleMetric):
         >>> report = metric.compute()
         >>> report["auc"], report["gender/es_auc"]
         (tensor(0.7778, dtype=torch.float64), tensor(0.5185, dtype=torch.float64))
+        >>> boot = FairnessMetrics({"gender": 2}, bootstrap=100, seed=0)
+        >>> boot.update(preds, target, {"gender": groups["gender"]})
+        >>> sorted(k for k in boot.compute() if k.startswith("auc"))
+        ['auc', 'auc_ci_high', 'auc_ci_low']
     """
 
     higher_is_better = None  # mixed: AUC-like keys up, disparity keys down
@@ -66,15 +77,22 @@ class FairnessMetrics(_SampleMetric):
         alpha: float = 1.0,
         ignore_index: int = -1,
         validate_args: bool = True,
+        bootstrap: int = 0,
+        ci: float = 0.95,
+        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         _fairness_metrics_arg_validation(attributes, threshold, alpha, ignore_index)
+        _bootstrap_arg_validation(bootstrap, ci, seed)
         super().__init__(group_columns=len(attributes), **kwargs)
         self.attributes: dict[str, int] = dict(attributes)
         self.threshold = float(threshold)
         self.alpha = float(alpha)
         self.ignore_index = ignore_index
         self.validate_args = validate_args
+        self.bootstrap = bootstrap
+        self.ci = float(ci)
+        self.seed = seed
 
     def update(self, preds: Tensor, target: Tensor, groups: Mapping[str, Tensor]) -> None:
         """Add a batch.
@@ -95,6 +113,14 @@ class FairnessMetrics(_SampleMetric):
     def compute(self) -> dict[str, Tensor]:
         """Return the flat dict of scalar float64 tensors described above."""
         preds, target, groups = self._samples()
-        return _fairness_metrics_compute(
+        out = _fairness_metrics_compute(
             preds, target, groups, self.attributes, self.threshold, self.alpha
         )
+        if self.bootstrap:
+            out.update(
+                _fairness_metrics_bootstrap(
+                    preds, target, groups, self.attributes, self.threshold, self.alpha,
+                    self.bootstrap, self.ci, self.seed,
+                )
+            )
+        return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
@@ -131,6 +132,234 @@ def _fairness_metrics_compute(
     return out
 
 
+# ------------------------------------------------------------------------------------------------
+# percentile bootstrap
+# ------------------------------------------------------------------------------------------------
+def _bootstrap_arg_validation(bootstrap: int, ci: float, seed: int) -> None:
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int):
+        raise TypeError(f"`bootstrap` must be an int, got {type(bootstrap).__name__}")
+    if bootstrap < 0:
+        raise ValueError(f"`bootstrap` must be >= 0 (0 = no intervals), got {bootstrap}")
+    if isinstance(ci, bool) or not isinstance(ci, (int, float)):
+        raise TypeError(f"`ci` must be a float, got {type(ci).__name__}")
+    if not 0.0 < float(ci) < 1.0:
+        raise ValueError(f"`ci` must lie in (0, 1), e.g. 0.95, got {ci}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TypeError(f"`seed` must be a non-negative int, got {seed!r}")
+
+
+def _bootstrap_strata(groups: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strata = distinct rows of the ``(N, A)`` group matrix (every attribute's group kept).
+
+    Returns ``(perm, starts, sizes_of_slot)``: ``perm`` lists the samples stratum by stratum
+    (strata in lexicographic order of their group-id rows, samples in input order), and for
+    every slot ``j`` of ``perm`` the first slot and the size of its stratum.
+    """
+    g = groups.cpu().numpy()
+    _, inverse = np.unique(g, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    perm = np.argsort(inverse, kind="stable")
+    sizes = np.bincount(inverse)
+    starts = np.cumsum(sizes) - sizes
+    slot_stratum = inverse[perm]
+    return perm, starts[slot_stratum], sizes[slot_stratum]
+
+
+def _bootstrap_indices(
+    uniforms: np.ndarray, perm: np.ndarray, slot_start: np.ndarray, slot_size: np.ndarray
+) -> np.ndarray:
+    """Map ``(B, N)`` uniforms in [0, 1) to resampled sample indices, stratum by stratum.
+
+    Slot ``j`` of replicate ``b`` draws sample ``perm[start_j + floor(u[b, j] * size_j)]``: a
+    draw with replacement from the slot's own stratum, so every stratum keeps its size.
+    """
+    offset = np.minimum(np.floor(uniforms * slot_size).astype(np.int64), slot_size - 1)
+    return perm[slot_start + offset]
+
+
+def _weighted_auroc(
+    block: Tensor, y: Tensor, weights: Tensor, groups: Tensor | None, num_groups: int
+) -> Tensor:
+    """Batched :func:`_auroc_from_sorted` with per-sample multiplicities ``weights`` (B, n).
+
+    ``block``, ``y``, ``groups`` are in ascending score order; returns ``(B, G)`` (``(B, 1)``
+    without groups), NaN where a replicate's group lacks a class.
+    """
+    b = weights.shape[0]
+    device = weights.device
+    if groups is None:
+        run = block
+        run_group = torch.zeros(int(block[-1]) + 1, dtype=torch.int64, device=device)
+        width = 1
+        w = weights
+        yy = y
+    else:
+        g = torch.where(groups < 0, num_groups, groups.to(torch.int64))
+        g, perm = torch.sort(g, stable=True)
+        bl = block[perm]
+        yy = y[perm]
+        w = weights[:, perm]
+        new = torch.ones(bl.numel(), dtype=torch.bool, device=device)
+        new[1:] = (bl[1:] != bl[:-1]) | (g[1:] != g[:-1])
+        run = torch.cumsum(new, 0) - 1
+        run_group = g[new]
+        width = num_groups + 1
+    num_runs = int(run[-1]) + 1
+    pos_w = w * yy
+    neg_w = w - pos_w
+    index = run.expand(b, -1)
+    pos = torch.zeros(b, num_runs, dtype=torch.int64, device=device).scatter_add_(1, index, pos_w)
+    neg = torch.zeros(b, num_runs, dtype=torch.int64, device=device).scatter_add_(1, index, neg_w)
+    zeros = torch.zeros(b, width, dtype=torch.int64, device=device)
+    neg_g = zeros.index_add(1, run_group, neg)
+    pos_g = zeros.index_add(1, run_group, pos)
+    neg_before_group = torch.cumsum(neg_g, 1) - neg_g
+    neg_below = torch.cumsum(neg, 1) - neg - neg_before_group[:, run_group]
+    twice_u = zeros.index_add(1, run_group, pos * (2 * neg_below + neg))
+    if groups is not None:
+        keep = slice(0, num_groups)
+        twice_u, pos_g, neg_g = twice_u[:, keep], pos_g[:, keep], neg_g[:, keep]
+    denom = 2 * pos_g * neg_g
+    auc = twice_u.to(torch.float64) / denom.clamp(min=1).to(torch.float64)
+    return torch.where(denom > 0, auc, torch.full_like(auc, float("nan")))
+
+
+def _batched_equity(overall: Tensor, per_group: Tensor, alpha: float) -> Tensor:
+    gap = torch.nansum((per_group - overall[:, None]).abs(), dim=1)
+    return overall / (1.0 + alpha * gap)
+
+
+def _batched_spread(values: Tensor, present: Tensor) -> Tensor:
+    inf = torch.full_like(values, float("inf"))
+    hi = torch.where(present, values, -inf).amax(1)
+    lo = torch.where(present, values, inf).amin(1)
+    out = hi - lo
+    return torch.where(present.any(1), out, torch.full_like(out, float("nan")))
+
+
+def _batched_parity(confmat: Tensor) -> tuple[Tensor, Tensor]:
+    """DPD and DEOdds of ``(B, G + 1, 2, 2)`` confusion matrices (last row = unknown)."""
+    cm = confmat[:, :-1].to(torch.float64)
+    total = cm.sum((-2, -1))
+    present = total > 0
+    rate = (cm[..., 0, 1] + cm[..., 1, 1]) / total.clamp(min=1)
+    positives, negatives = cm[..., 1, :].sum(-1), cm[..., 0, :].sum(-1)
+    tpr = torch.where(positives > 0, cm[..., 1, 1] / positives.clamp(min=1), 0.0)
+    fpr = torch.where(negatives > 0, cm[..., 0, 1] / negatives.clamp(min=1), 0.0)
+    deodds = torch.maximum(_batched_spread(tpr, present), _batched_spread(fpr, present))
+    return _batched_spread(rate, present), deodds
+
+
+def _batched_accuracy(confmat: Tensor) -> Tensor:
+    total = confmat.sum((-2, -1))
+    acc = (confmat[..., 0, 0] + confmat[..., 1, 1]).to(torch.float64) / total.clamp(min=1)
+    return torch.where(total > 0, acc, torch.full_like(acc, float("nan")))
+
+
+def _batched_disparity(per_group: Tensor, overall: Tensor) -> tuple[Tensor, Tensor]:
+    defined = ~torch.isnan(per_group)
+    count = defined.sum(1)
+    values = torch.where(defined, per_group, 0.0)
+    mean = values.sum(1) / count.clamp(min=1)
+    var = (torch.where(defined, per_group - mean[:, None], 0.0) ** 2).sum(1) / count.clamp(min=1)
+    std = var.sqrt() / overall
+    spread = _batched_spread(per_group, defined) / overall
+    nan = torch.full_like(std, float("nan"))
+    return torch.where(count > 0, std, nan), torch.where(count > 0, spread, nan)
+
+
+def _fairness_metrics_replicates(
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    attributes: Mapping[str, int],
+    threshold: float,
+    alpha: float,
+    weights: Tensor,
+) -> dict[str, Tensor]:
+    """Every key of :func:`_fairness_metrics_compute` for ``B`` resamples given as multiplicities.
+
+    ``weights`` is ``(B, N)``: how often each sample is drawn in each replicate. Returns ``(B,)``
+    float64 tensors, equal to the report of each resampled data set.
+    """
+    order, block = _sort_scores(preds)
+    y_sorted = target.index_select(0, order).to(torch.int64)
+    w_sorted = weights.index_select(1, order)
+    groups_sorted = groups.index_select(0, order)
+    b = weights.shape[0]
+    auc = _weighted_auroc(block, y_sorted, w_sorted, None, 1)[:, 0]
+    outcome = _outcome(preds, target, threshold)
+    cells = torch.zeros(b, 4, dtype=torch.int64, device=weights.device)
+    acc = _batched_accuracy(cells.scatter_add_(1, outcome.expand(b, -1), weights).view(b, 2, 2))
+    out: dict[str, Tensor] = {"auc": auc, "acc": acc}
+    for column, (name, num_groups) in enumerate(attributes.items()):
+        group_aucs = _weighted_auroc(
+            block, y_sorted, w_sorted, groups_sorted[:, column], num_groups
+        )
+        g = groups[:, column].to(torch.int64)
+        key = torch.where(g < 0, num_groups, g) * 4 + outcome
+        confmat = (
+            torch.zeros(b, 4 * (num_groups + 1), dtype=torch.int64, device=weights.device)
+            .scatter_add_(1, key.expand(b, -1), weights)
+            .view(b, num_groups + 1, 2, 2)
+        )
+        group_accs = _batched_accuracy(confmat[:, :-1])
+        out[f"{name}/es_auc"] = _batched_equity(auc, group_aucs, alpha)
+        out[f"{name}/es_acc"] = _batched_equity(acc, group_accs, alpha)
+        for gi in range(num_groups):
+            out[f"{name}/auc_group_{gi}"] = group_aucs[:, gi]
+        out[f"{name}/dpd"], out[f"{name}/deodds"] = _batched_parity(confmat)
+        std, spread = _batched_disparity(group_aucs, auc)
+        out[f"{name}/auc_std_disparity"] = std
+        out[f"{name}/auc_max_disparity"] = spread
+    return out
+
+
+def _fairness_metrics_bootstrap(
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    attributes: Mapping[str, int],
+    threshold: float,
+    alpha: float,
+    bootstrap: int,
+    ci: float,
+    seed: int,
+    chunk: int | None = None,
+) -> dict[str, Tensor]:
+    """Percentile-bootstrap intervals of every report key: ``{key}_ci_low``, ``{key}_ci_high``.
+
+    Resampling is stratified by the joint group of all attributes (each distinct row of the
+    ``(N, A)`` group matrix keeps its size, so rare groups never vanish). Replicate ``b`` uses
+    the ``b``-th row of ``numpy.random.default_rng(seed).random((bootstrap, N))`` (see
+    :func:`_bootstrap_indices`); replicates are evaluated in chunks from multiplicities on the
+    one score sort. Quantiles are linear (``numpy.quantile``'s default) over the replicates
+    where the value is defined (NaN when none is).
+    """
+    n = preds.numel()
+    perm, slot_start, slot_size = _bootstrap_strata(groups)
+    rng = np.random.default_rng(seed)
+    if chunk is None:
+        chunk = max(1, min(bootstrap, 4_000_000 // max(n, 1)))
+    reps: dict[str, list[Tensor]] = {}
+    for start in range(0, bootstrap, chunk):
+        c = min(chunk, bootstrap - start)
+        idx = _bootstrap_indices(rng.random((c, n)), perm, slot_start, slot_size)
+        flat = torch.from_numpy(idx + np.arange(c, dtype=np.int64)[:, None] * n).reshape(-1)
+        weights = torch.bincount(flat.to(preds.device), minlength=c * n).view(c, n)
+        for key, value in _fairness_metrics_replicates(
+            preds, target, groups, attributes, threshold, alpha, weights
+        ).items():
+            reps.setdefault(key, []).append(value)
+    lo_q, hi_q = (1.0 - ci) / 2.0, 1.0 - (1.0 - ci) / 2.0
+    q = torch.tensor([lo_q, hi_q], dtype=torch.float64, device=preds.device)
+    out: dict[str, Tensor] = {}
+    for key, values in reps.items():
+        low, high = torch.nanquantile(torch.cat(values), q)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
+    return out
+
+
 def fairness_metrics(
     preds: Tensor,
     target: Tensor,
@@ -141,6 +370,9 @@ def fairness_metrics(
     alpha: float = 1.0,
     ignore_index: int = -1,
     validate_args: bool = True,
+    bootstrap: int = 0,
+    ci: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """The FairVLMed fairness report for several protected attributes at once.
 
@@ -166,6 +398,14 @@ def fairness_metrics(
         alpha: weight of the disparity term of the equity-scaled metrics.
         ignore_index: group id marking an unknown member.
         validate_args: check shapes, dtypes, keys and value ranges (costs a device sync).
+        bootstrap: number of bootstrap replicates; with ``bootstrap > 0`` every key ``k`` also
+            gets a percentile interval ``k_ci_low``, ``k_ci_high``. Resampling is with
+            replacement *within* each stratum of samples sharing the same group in every
+            attribute (rare groups keep their size); replicate ``b`` is drawn from row ``b`` of
+            ``numpy.random.default_rng(seed).random((bootstrap, N))``, so the intervals are
+            reproducible. Quantiles are linear over the replicates where a value is defined.
+        ci: coverage of the intervals, in (0, 1).
+        seed: seed of the resampling.
 
     Returns:
         Flat dict of scalar float64 tensors.
@@ -187,13 +427,25 @@ def fairness_metrics(
          'gender/auc_max_disparity']
         >>> report["gender/es_auc"]
         tensor(0.5185, dtype=torch.float64)
+        >>> ci = fairness_metrics(preds, target, groups, {"gender": 2}, bootstrap=200, seed=0)
+        >>> bool(ci["auc_ci_low"] <= ci["auc"] <= ci["auc_ci_high"])
+        True
     """
+    _bootstrap_arg_validation(bootstrap, ci, seed)
     if validate_args:
         _fairness_metrics_arg_validation(attributes, threshold, alpha, ignore_index)
         _fairness_metrics_tensor_validation(preds, target, groups, attributes, ignore_index)
     preds, target, groups_matrix = _fairness_metrics_format(
         preds, target, groups, attributes, ignore_index
     )
-    return _fairness_metrics_compute(
+    out = _fairness_metrics_compute(
         preds, target, groups_matrix, dict(attributes), threshold, alpha
     )
+    if bootstrap:
+        out.update(
+            _fairness_metrics_bootstrap(
+                preds, target, groups_matrix, dict(attributes), threshold, alpha, bootstrap,
+                float(ci), seed,
+            )
+        )
+    return out

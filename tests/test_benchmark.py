@@ -1,0 +1,179 @@
+"""`fairvlm benchmark`: a tiny version of the real code path, resume, statistics vs SciPy."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+from sklearn.metrics import roc_auc_score
+
+from fairvlm_lightning.benchmark import (
+    paired_t_interval,
+    student_t_ppf,
+    summarise,
+    verdict,
+)
+from fairvlm_lightning.cli import FairVLMCLI, main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["fairvlm"])
+
+
+def _fit_args(root: Path, synthetic_kwargs: dict) -> list[str]:
+    return [
+        "--data.root", str(root),
+        "--data.synthetic_kwargs", json.dumps(synthetic_kwargs),
+        "--model.model", str(root / "tiny_model"),
+        "--data.batch_size", "16",
+        "--data.eval_batch_size", "64",
+    ]
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 30])
+@pytest.mark.parametrize("q", [0.6, 0.9, 0.975, 0.995])
+def test_student_t_ppf_matches_scipy(df: int, q: float) -> None:
+    assert student_t_ppf(q, df) == pytest.approx(scipy.stats.t.ppf(q, df), rel=1e-9)
+    assert student_t_ppf(1 - q, df) == pytest.approx(scipy.stats.t.ppf(1 - q, df), rel=1e-9)
+
+
+def test_paired_interval_and_verdicts() -> None:
+    d = [0.012, 0.02, -0.004, 0.03, 0.015]
+    mean, low, high = paired_t_interval(d, 0.95)
+    ref = scipy.stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((ref.low, ref.high), rel=1e-9)
+    assert mean == pytest.approx(np.mean(d))
+    assert verdict("race/es_auc", low, high) == "no detectable difference"
+    assert verdict("race/es_auc", 0.01, 0.02) == "better"
+    assert verdict("race/deodds", 0.01, 0.02) == "worse"
+    assert verdict("mean/dpd", -0.02, -0.01) == "better"
+    assert math.isnan(paired_t_interval([0.1])[1])
+    with pytest.raises(ValueError, match="df"):
+        student_t_ppf(0.9, 0)
+
+
+def test_summarise_against_numpy() -> None:
+    rng = np.random.default_rng(0)
+    runs = []
+    for v in ("base", "new"):
+        for s in range(4):
+            test = {"auc": float(rng.uniform(0.7, 0.9))}
+            test.update({f"{a}/es_auc": float(rng.uniform(0.6, 0.8)) for a in ("x", "y")})
+            runs.append({"variant": v, "seed": s, "test": test, "val": test})
+    out = summarise(runs, baseline="base", attributes={"x": 2, "y": 2})
+    base = [r["test"] for r in runs if r["variant"] == "base"]
+    new = [r["test"] for r in runs if r["variant"] == "new"]
+    t = out["methods"]["new"]["test"]
+    assert t["auc"]["mean"] == pytest.approx(np.mean([r["auc"] for r in new]))
+    assert t["auc"]["std"] == pytest.approx(np.std([r["auc"] for r in new], ddof=1))
+    mean_es = [np.mean([r["x/es_auc"], r["y/es_auc"]]) for r in new]
+    assert t["mean/es_auc"]["mean"] == pytest.approx(np.mean(mean_es))
+    diff = [n["x/es_auc"] - b["x/es_auc"] for n, b in zip(new, base, strict=True)]
+    ref = scipy.stats.ttest_1samp(diff, 0.0).confidence_interval(0.95)
+    c = out["comparisons"]["new"]["x/es_auc"]
+    assert (c["low"], c["high"]) == pytest.approx((ref.low, ref.high))
+
+
+def test_sweep_variants(tmp_path: Path) -> None:
+    from fairvlm_lightning.benchmark import _materialise_config, _read_yaml, make_variants
+
+    variants = make_variants(
+        ["synthetic_clip", "synthetic_fairclip", "synthetic_robust_fair"],
+        fairness_weights=[0.01, 1.0], betas=[2.0],
+    )
+    names = [v.name for v in variants]
+    assert names == [
+        "synthetic_clip", "synthetic_fairclip", "synthetic_fairclip_lambda0.01",
+        "synthetic_fairclip_lambda1", "synthetic_robust_fair", "synthetic_robust_fair_lambda0.01",
+        "synthetic_robust_fair_lambda1", "synthetic_robust_fair_beta2",
+    ]
+    lam = variants[2]
+    assert lam.overrides == ["--model.fairness_weight", "0.01"] and lam.base == "synthetic_fairclip"
+    beta = variants[-1]
+    cfg = _read_yaml(_materialise_config(beta, tmp_path))
+    init = cfg["trainer"]["callbacks"][0]["init_args"]
+    assert init["beta_noisy"] == init["beta_faulty"] == 2.0
+    assert cfg["model"] == _read_yaml(CONFIGS / "synthetic_robust_fair.yaml")["model"]
+    with pytest.raises(FileNotFoundError, match="no config named"):
+        make_variants(["no_such_config"])
+
+
+def test_tiny_benchmark_end_to_end_and_resume(
+    synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "bench"
+    page = tmp_path / "docs" / "results.md"
+    fit_args = _fit_args(synthetic_root, synthetic_kwargs)
+    main([
+        "benchmark", "--quick", "--max_epochs", "3",
+        "--configs", "synthetic_clip", "synthetic_dbpm",
+        "--seeds", "0", "1", "--bootstrap", "50",
+        "--out", str(out), "--results_page", str(page), "--no_progress",
+        "--fit_args", shlex.join(fit_args),
+    ])
+    printed = capsys.readouterr().out
+    assert "paired vs synthetic_clip" in printed and "synthetic_dbpm:" in printed
+    report = json.loads((out / "benchmark.json").read_text())
+    md = (out / "benchmark.md").read_text()
+    assert "## Paired differences against `synthetic_clip`" in md
+    for png in ("es_auc.png", "pareto.png", "roc_race.png", "dbpm_hist_synthetic_dbpm.png"):
+        assert (out / png).stat().st_size > 1000
+        assert (page.parent / "results" / png).is_file()
+    assert "(results/pareto.png)" in page.read_text()
+    runs = report["runs"]
+    assert len(runs) == 4  # 2 configs x 2 seeds
+    # every run is a real fit: its test AUC is the AUC of its saved predictions (scikit-learn)
+    for r in runs:
+        folder = out / "runs" / r["variant"] / f"seed_{r['seed']}"
+        p = np.load(folder / "predictions.npz")
+        assert r["test"]["auc"] == pytest.approx(roc_auc_score(p["label"], p["score"]), abs=1e-6)
+        assert r["test"]["auc_ci_low"] <= r["test"]["auc"] <= r["test"]["auc_ci_high"]
+        assert r["seeds"]["data.seed"] == r["seed"]
+    # seeds change the run
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    assert by[("synthetic_clip", 0)]["test"] != by[("synthetic_clip", 1)]["test"]
+    # DBPM precision/recall against the planted truth, recomputed from the saved state
+    d = by[("synthetic_dbpm", 0)]["dbpm"]
+    state = np.load(out / "runs" / "synthetic_dbpm" / "seed_0" / "dbpm.npz")
+    flagged, bad = state["flagged"], state["is_bad_pair"]
+    assert d["num_bad"] == bad.sum() > 0
+    assert d["num_flagged"] == flagged.sum()
+    if flagged.sum():
+        assert d["precision"] == pytest.approx((flagged & bad).sum() / flagged.sum())
+    # summary numbers are the runs' numbers
+    es = [np.mean([r["test"][f"{a}/es_auc"] for a in ("race", "gender", "ethnicity", "language")])
+          for r in runs if r["variant"] == "synthetic_dbpm"]
+    got = report["summary"]["methods"]["synthetic_dbpm"]["test"]["mean/es_auc"]
+    assert got["mean"] == pytest.approx(np.mean(es)) and got["std"] == pytest.approx(
+        np.std(es, ddof=1))
+
+    # resume: nothing is redone; a run without result.json (a crash) is redone alone
+    calls: list[list[str]] = []
+
+    class Counting(FairVLMCLI):
+        def __init__(self, *a, **k):
+            calls.append(k.get("args"))
+            super().__init__(*a, **k)
+
+    (out / "runs" / "synthetic_clip" / "seed_1" / "result.json").unlink()
+    from fairvlm_lightning.benchmark import run_benchmark
+
+    second = run_benchmark(
+        Counting, configs=["synthetic_clip", "synthetic_dbpm"], seeds=[0, 1], out_dir=out,
+        max_epochs=3, bootstrap=50, progress=False, extra_args=fit_args,
+        plots=False,
+    )
+    assert len(calls) == 1 and "1" == calls[0][calls[0].index("--seed_everything") + 1]
+    redone = {(r["variant"], r["seed"]): r for r in second["runs"]}[("synthetic_clip", 1)]
+    # the same seed reproduces the run bit for bit
+    assert redone["test"] == by[("synthetic_clip", 1)]["test"]
