@@ -867,6 +867,34 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str]) -> str
                 f"| {name} | {key} | {_signed(c['mean'])} | [{_signed(c['low'])}, "
                 f"{_signed(c['high'])}] | {c['verdict']} |"
             )
+    if len(seeds) < 2:
+        lines += [
+            "",
+            "**Only one seed: no paired interval can be computed, so no verdict is possible. "
+            "This is a partial benchmark; rerun the command with more seeds (finished runs are "
+            "reused).**",
+        ]
+    runs = report.get("runs", [])
+    if runs and any("auc_ci_low" in r["test"] for r in runs):
+        lines += [
+            "",
+            "## Single runs with their test-sample intervals (percentile bootstrap, "
+            f"{report.get('bootstrap')} replicates, stratified by group)",
+            "",
+            "| method | seed | AUC | race ES-AUC | race DEOdds | best epoch val AUC |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in runs:
+            t = r["test"]
+
+            def cell(key: str, t: Mapping[str, float] = t) -> str:
+                v, lo, hi = (t.get(k, math.nan) for k in (key, f"{key}_ci_low", f"{key}_ci_high"))
+                return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+            lines.append(
+                f"| {r['variant']} | {r['seed']} | {cell('auc')} | {cell('race/es_auc')} | "
+                f"{cell('race/deodds')} | {r.get('best_val_auc', math.nan):.3f} |"
+            )
     lines += ["", "## Per attribute (test)", ""]
     for attr, groups in _ATTRIBUTES.items():
         lines += [
