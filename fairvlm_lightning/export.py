@@ -259,14 +259,17 @@ def export_checkpoint(
             "'hyper_parameters')"
         )
     module = FairVLMModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    found: Mapping[str, Any] | None
     if isinstance(metrics, (str, os.PathLike)):
-        metrics = json.loads(Path(metrics).read_text(encoding="utf-8"))
+        found = json.loads(Path(metrics).read_text(encoding="utf-8"))
     elif metrics is None:
-        metrics = _find_metrics(path)
+        found = _find_metrics(path)
+    else:
+        found = metrics
     return export_module(
         module,
         out_dir,
-        metrics=metrics,
+        metrics=found,
         datamodule_hparams=raw.get("datamodule_hyper_parameters") or {},
         source=str(path),
         overwrite=overwrite,

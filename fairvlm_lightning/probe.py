@@ -551,7 +551,7 @@ class LinearProbeEvaluation(Callback):
 
     def run(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, Tensor]:
         """Probe now on ``trainer.datamodule``; returns the values keyed ``probe/...``."""
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None:
             raise RuntimeError(
                 "LinearProbeEvaluation needs a datamodule on the trainer (trainer.fit(model, "

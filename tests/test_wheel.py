@@ -6,6 +6,7 @@ tiny model must land in the user cache folder ($FAIRVLM_CACHE), not the working 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,10 +28,17 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def test_wheel_runs_main_job_by_config_name(tmp_path: Path) -> None:
+    # Build from a clean copy of the sources: an in-tree build/ folder left by an earlier build
+    # would otherwise leak stale files into the wheel.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "runs", ".fairvlm_cache", "__pycache__",
+        "results", "lightning_logs",
+    ))  # fmt: skip
     wheels = tmp_path / "wheels"
     build = _run([
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-        "-w", str(wheels), str(REPO),
+        "-w", str(wheels), str(src),
     ])  # fmt: skip
     if build.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {build.stderr[-800:]}")
