@@ -3,8 +3,9 @@ end to end on CPU on a synthetic folder at 224 px, with a ViT-B/16 CLIP built fr
 openai/clip-vit-base-patch16 hyper-parameters (random weights) and a locally trained tokenizer.
 
 One `fit` (2 steps of batch 2, its validation loop, then the test of the best checkpoint) is
-shared by `probe` and `export`; LoRA keeps the checkpoint small. Measured ~1-2 min on 2 busy
-cores; the benchmark benchmarks/bench_real_size.py records step time and memory at B=32."""
+shared by `probe` and `export`; LoRA keeps the checkpoint small. Measured 20 s in the full suite
+(173 s alone under heavy contention from other jobs on 2 cores); benchmarks/bench_real_size.py
+records step time and memory at B=32."""
 
 from __future__ import annotations
 
