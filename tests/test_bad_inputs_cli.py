@@ -27,7 +27,7 @@ from lightning.pytorch import Trainer
 
 from fairvlm_lightning.cli import FairVLMCLI, claim_version, main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
 SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml"))
 REPO = Path(__file__).resolve().parents[1]
 

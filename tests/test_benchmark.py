@@ -21,7 +21,7 @@ from fairvlm_lightning.benchmark import (
 )
 from fairvlm_lightning.cli import FairVLMCLI, main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
 
 
 @pytest.fixture(autouse=True)
