@@ -103,7 +103,7 @@ def test_sweep_variants(tmp_path: Path) -> None:
     init = cfg["trainer"]["callbacks"][0]["init_args"]
     assert init["beta_noisy"] == init["beta_faulty"] == 2.0
     assert cfg["model"] == _read_yaml(CONFIGS / "synthetic_robust_fair.yaml")["model"]
-    with pytest.raises(FileNotFoundError, match="no config named"):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a shipped config"):
         make_variants(["no_such_config"])
 
 
