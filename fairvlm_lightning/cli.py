@@ -51,6 +51,7 @@ from fairvlm_lightning.configs import configs_dir, resolve_config, shipped_confi
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.data.synthetic import expand_cache_path
 from fairvlm_lightning.module import FairVLMModule
+from fairvlm_lightning.schema import GROUP_NAMES
 
 __all__ = [
     "GROUP_NAMES",
@@ -65,15 +66,6 @@ __all__ = [
     "resolve_config",
     "shipped_configs",
 ]
-
-#: Display names of the FairVLMed group codes (``-1`` = unknown is never a group).
-GROUP_NAMES: dict[str, tuple[str, ...]] = {
-    "race": ("Asian", "Black", "White"),
-    "gender": ("Female", "Male"),
-    "ethnicity": ("Non-Hispanic", "Hispanic"),
-    "language": ("English", "Spanish", "Other"),
-}
-
 
 def _value(metrics: Mapping[str, Any], key: str) -> float:
     value = metrics.get(key, math.nan)

@@ -24,17 +24,9 @@ from typing import Any
 import torch
 
 from fairvlm_lightning.module import FairVLMModule
+from fairvlm_lightning.schema import GROUP_NAMES
 
 __all__ = ["export_checkpoint", "export_module", "fairness_markdown"]
-
-#: Display names of the FairVLMed group codes.
-_GROUP_NAMES: dict[str, tuple[str, ...]] = {
-    "race": ("Asian", "Black", "White"),
-    "gender": ("Female", "Male"),
-    "ethnicity": ("Non-Hispanic", "Hispanic"),
-    "language": ("English", "Spanish", "Other"),
-}
-
 
 def _num(metrics: Mapping[str, Any], key: str) -> float:
     value = metrics.get(key, math.nan)
@@ -75,7 +67,7 @@ def fairness_markdown(
     ]
     auc = _fmt(_num(metrics, f"{prefix}/auc"))
     for attr, num_groups in attributes.items():
-        names = _GROUP_NAMES.get(attr, ())
+        names = GROUP_NAMES.get(attr, ())
         groups = ", ".join(
             f"{names[g] if g < len(names) else f'group {g}'} "
             f"{_fmt(_num(metrics, f'{prefix}/{attr}/auc_group_{g}'))}"

@@ -20,16 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from fairvlm_lightning.schema import GROUP_NAMES
+
 __all__ = ["plot_dbpm_histogram", "plot_es_auc", "plot_group_roc", "plot_pareto", "roc_curve"]
-
-#: Display names of the FairVLMed group codes.
-GROUP_NAMES: dict[str, tuple[str, ...]] = {
-    "race": ("Asian", "Black", "White"),
-    "gender": ("Female", "Male"),
-    "ethnicity": ("Non-Hispanic", "Hispanic"),
-    "language": ("English", "Spanish", "Other"),
-}
-
 
 def _pyplot() -> Any:
     try:
