@@ -499,16 +499,13 @@ class FairVLMModule(pl.LightningModule):
         self._require(batch, names, stage)
         return {name: batch[name] for name in names}
 
-    def _pair_weights(self, index: Tensor, losses: Tensor) -> tuple[Tensor, Tensor | None]:
-        """DBPM weights (ones without the callback) and the pairs' flags (``None`` if no miner)."""
+    def _pair_weights(self, index: Tensor, losses: Tensor) -> Tensor:
+        """DBPM weights of the batch's pairs (ones without the callback)."""
         trainer = self._trainer
         dbpm = find_bad_pair_mining(trainer) if trainer is not None else None
         if dbpm is None:
-            return torch.ones_like(losses), None
-        weights = dbpm.pair_weights(index, losses.detach()).to(losses)
-        miner = dbpm.miner
-        flagged = None if miner is None else miner.flagged_mask[index.to(miner.device)]
-        return weights, flagged
+            return torch.ones_like(losses)
+        return dbpm.pair_weights(index, losses.detach()).to(losses)
 
     @torch.no_grad()
     def encode_prompts(self) -> Tensor:
@@ -627,7 +624,7 @@ class FairVLMModule(pl.LightningModule):
         if self._skip_nonfinite_step(losses, batch, out):
             return None
         batch_size = losses.shape[0]
-        weights, _ = self._pair_weights(batch["index"], losses)
+        weights = self._pair_weights(batch["index"], losses)
         contrastive = (weights * losses).mean()
         total = contrastive
         logs = {
