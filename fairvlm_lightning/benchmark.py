@@ -766,34 +766,84 @@ def run_benchmark(
     return report
 
 
+def config_value(config: str | os.PathLike[str], parameter: str) -> float | None:
+    """The value a config itself gives a swept parameter (its shipped default).
+
+    Args:
+        config: config name or path.
+        parameter: ``"lambda"`` (``model.fairness_weight``) or ``"beta"`` (the DBPM
+            callback's ``beta_faulty``; the sweeps set ``beta_noisy`` to the same value).
+
+    Returns:
+        The value, or ``None`` when the config has no such setting (no DBPM callback).
+
+    Example:
+        >>> config_value("synthetic_clip", "lambda")
+        0.0
+        >>> config_value("synthetic_clip", "beta") is None
+        True
+    """
+    from fairvlm_lightning.mining import PAPER_SETTINGS
+
+    cfg = _read_yaml(Path(resolve_config(os.fspath(config))))
+    if parameter == "lambda":
+        return float((cfg.get("model") or {}).get("fairness_weight", 0.0) or 0.0)
+    if parameter == "beta":
+        index = _dbpm_callback_index(cfg)
+        if index is None:
+            return None
+        init = cfg["trainer"]["callbacks"][index].get("init_args") or {}
+        return float(init.get("beta_faulty", PAPER_SETTINGS["beta_faulty"]))
+    raise ValueError(f"parameter must be 'lambda' or 'beta', got {parameter!r}")
+
+
 def _sweep_table(variants: Sequence[Variant], summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per swept config: every point's val/test AUC and mean ES-AUC; the choice made on val."""
+    """Per swept config: every point's val/test AUC and mean ES-AUC; the choice made on val.
+
+    The config's own value (the variant without a sweep) is one of the points, so the
+    choice can keep the shipped default. Each point carries its paired test difference
+    in mean ES-AUC and AUC against the benchmark's baseline.
+    """
     methods = summary["methods"]
+    comparisons = summary.get("comparisons", {})
     out = []
     for param in ("lambda", "beta"):
         bases = sorted({v.base for v in variants if param in v.sweep})
         for base in bases:
+            own = next((v for v in variants if v.name == base and not v.sweep), None)
             points = [v for v in variants if v.base == base and param in v.sweep]
+            values = {v.name: v.sweep[param] for v in points}
+            default = config_value(own.config, param) if own is not None else None
+            if own is not None and default is not None:
+                points.append(own)
+                values[own.name] = default
             rows = []
-            for v in points:
+            for v in sorted(points, key=lambda p: values[p.name]):
                 m = methods.get(v.name)
                 if m is None:
                     continue
+                comp = comparisons.get(v.name, {})
                 rows.append(
                     {
                         "variant": v.name,
-                        param: v.sweep[param],
+                        param: values[v.name],
+                        "default": v is own,
                         "val_auc": m["val"]["auc"]["mean"],
                         "val_es_auc": m["val"]["mean/es_auc"]["mean"],
+                        "val_es_auc_std": m["val"]["mean/es_auc"]["std"],
                         "test_auc": m["test"]["auc"]["mean"],
+                        "test_auc_std": m["test"]["auc"]["std"],
                         "test_es_auc": m["test"]["mean/es_auc"]["mean"],
                         "test_es_auc_std": m["test"]["mean/es_auc"]["std"],
+                        "paired_es_auc": dict(comp.get("mean/es_auc", {})),
+                        "paired_auc": dict(comp.get("auc", {})),
                     }
                 )
             valid = [r for r in rows if not math.isnan(r["val_es_auc"])]
             chosen = max(valid, key=lambda r: r["val_es_auc"])[param] if valid else None
             out.append(
-                {"config": base, "parameter": param, "points": rows, "chosen_on_val": chosen}
+                {"config": base, "parameter": param, "points": rows, "chosen_on_val": chosen,
+                 "default": default}
             )
     return out
 
@@ -929,19 +979,42 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str]) -> str
     for sweep in report.get("sweeps", []):
         param = sweep["parameter"]
         symbol = "λ (fairness_weight)" if param == "lambda" else "β (beta_noisy = beta_faulty)"
+        default = sweep.get("default")
+        chosen = sweep["chosen_on_val"]
+        keep = (
+            "the shipped default"
+            if default is not None and chosen is not None and float(chosen) == float(default)
+            else f"the shipped default is {default:g}" if default is not None else ""
+        )
         lines += [
             f"## {symbol} sweep of `{sweep['config']}`",
             "",
-            f"Chosen on the **validation** split (highest mean ES-AUC): {param} = "
-            f"{sweep['chosen_on_val']}.",
+            f"Chosen on the **validation** split (highest mean ES-AUC over the seeds): {param} = "
+            f"{chosen:g}" + (f" ({keep})." if keep else ".") if chosen is not None
+            else "No point has a validation ES-AUC.",
+            "The test columns are reported for that choice, not used to make it. *Paired* is "
+            f"the point − `{baseline}` on the same seed (95% paired t interval) with its verdict.",
             "",
-            f"| {param} | val AUC | val ES-AUC | test AUC | test ES-AUC |",
-            "| --- | --- | --- | --- | --- |",
+            f"| {param} | val AUC | val ES-AUC | test AUC | test ES-AUC | paired ES-AUC | "
+            "paired AUC |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in sweep["points"]:
+            mark = " (default)" if r.get("default") else ""
+            mark += " **(chosen)**" if chosen is not None and r[param] == chosen else ""
+            cells = []
+            for key in ("paired_es_auc", "paired_auc"):
+                c = r.get(key) or {}
+                cells.append(
+                    f"{_signed(c['mean'])} [{_signed(c['low'])}, {_signed(c['high'])}] "
+                    f"{c['verdict']}" if c else "baseline"
+                )
             lines.append(
-                f"| {r[param]:g} | {r['val_auc']:.3f} | {r['val_es_auc']:.3f} | "
-                f"{r['test_auc']:.3f} | {r['test_es_auc']:.3f} ± {r['test_es_auc_std']:.3f} |"
+                f"| {r[param]:g}{mark} | {r['val_auc']:.3f} | "
+                f"{_pm({'mean': r['val_es_auc'], 'std': r.get('val_es_auc_std', math.nan)})} | "
+                f"{_pm({'mean': r['test_auc'], 'std': r.get('test_auc_std', math.nan)})} | "
+                f"{_pm({'mean': r['test_es_auc'], 'std': r['test_es_auc_std']})} | "
+                f"{cells[0]} | {cells[1]} |"
             )
         lines.append("")
     if images:

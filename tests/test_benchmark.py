@@ -107,6 +107,43 @@ def test_sweep_variants(tmp_path: Path) -> None:
         make_variants(["no_such_config"])
 
 
+def test_sweep_table_includes_the_shipped_default_and_chooses_on_val() -> None:
+    from fairvlm_lightning.benchmark import _sweep_table, make_variants, render_markdown
+
+    variants = make_variants(["synthetic_clip", "synthetic_fairclip"], fairness_weights=[0.01, 1.0])
+    # val ES-AUC is highest for the config's own lambda (0.1); test ES-AUC for lambda=1, which
+    # must not drive the choice
+    val = {"synthetic_clip": 0.70, "synthetic_fairclip": 0.80,
+           "synthetic_fairclip_lambda0.01": 0.75, "synthetic_fairclip_lambda1": 0.78}
+    test = {"synthetic_clip": 0.70, "synthetic_fairclip": 0.72,
+            "synthetic_fairclip_lambda0.01": 0.71, "synthetic_fairclip_lambda1": 0.90}
+    def row(value: float, step: float, s: int, auc: float) -> dict[str, float]:
+        return {"auc": auc, **{f"{a}/es_auc": value + step * s for a in ATTRS}}
+
+    runs = [{"variant": v, "seed": s, "val": row(val[v], 0.01, s, 0.8),
+             "test": row(test[v], 0.02 * (v != "synthetic_clip"), s, 0.8 + 0.001 * s)}
+            for v in val for s in (0, 1, 2)]
+    summary = summarise(runs, baseline="synthetic_clip")
+    (sweep,) = _sweep_table(variants, summary)
+    assert sweep["config"] == "synthetic_fairclip" and sweep["default"] == 0.1
+    assert [r["lambda"] for r in sweep["points"]] == [0.01, 0.1, 1.0]
+    assert [r["default"] for r in sweep["points"]] == [False, True, False]
+    assert sweep["chosen_on_val"] == 0.1
+    top = sweep["points"][2]
+    assert top["test_es_auc"] == pytest.approx(0.92)  # 0.90 + mean(0, 0.02, 0.04)
+    # the paired difference against CLIP: per seed 0.20 + 0.02 s, a t interval around 0.22
+    assert top["paired_es_auc"]["mean"] == pytest.approx(0.22)
+    assert top["paired_es_auc"]["verdict"] == "better"
+    md = render_markdown({"summary": summary, "seeds": [0, 1, 2], "date": "d",
+                          "variants": [{"name": v.name, "sweep": v.sweep} for v in variants],
+                          "sweeps": [sweep], "runs": runs, "total_run_seconds": 0.0}, {})
+    assert "lambda = 0.1 (the shipped default)" in md
+    assert "| 0.1 (default) **(chosen)** |" in md
+
+
+ATTRS = ("race", "gender", "ethnicity", "language")
+
+
 def test_tiny_benchmark_end_to_end_and_resume(
     synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
