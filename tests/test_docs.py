@@ -55,7 +55,8 @@ def python_blocks(markdown: str, base: Path = ROOT) -> list[tuple[int, str]]:
 def test_block_extraction_follows_the_convention(tmp_path: Path) -> None:
     (tmp_path / "inc.py").write_text("y = 2\n")
     page = (
-        "text\n```python\nx = 1\n```\n\n<!-- docs-test: skip -->\n```python\nraise SystemExit\n```\n"
+        "text\n```python\nx = 1\n```\n\n"
+        "<!-- docs-test: skip -->\n```python\nraise SystemExit\n```\n"
         '```bash\nrm -rf /\n```\n```python\n--8<-- "inc.py"\nz = x + y\n```\n'
     )
     blocks = python_blocks(page, base=tmp_path)
