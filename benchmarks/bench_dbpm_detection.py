@@ -44,9 +44,11 @@ from typing import Any
 
 import numpy as np
 
+from fairvlm_lightning.schema import ATTRIBUTES
+
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).resolve().parent.parent / ".fairvlm_cache" / "bench_dbpm"
-ATTRS = ("race", "gender", "ethnicity", "language")
+ATTRS = ATTRIBUTES
 MINORITY = (0, 1)  # race: Asian, Black
 MAJORITY = 2  # race: White
 

@@ -45,6 +45,7 @@ from fairvlm_lightning.callbacks import find_bad_pair_mining
 from fairvlm_lightning.encoders import DualEncoder
 from fairvlm_lightning.losses import pair_losses
 from fairvlm_lightning.metrics import FairnessMetrics
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, CLASS_PROMPTS
 from fairvlm_lightning.sinkhorn import DEFAULT_BLUR, DEFAULT_SCALING, SinkhornFairnessLoss
 
 __all__ = [
@@ -55,11 +56,11 @@ __all__ = [
 ]
 
 #: Zero-shot class prompts of the paper (label 0 = no glaucoma, 1 = glaucoma).
-DEFAULT_PROMPTS: dict[int, str] = {0: "A photo of non-glaucoma", 1: "A photo of glaucoma"}
+DEFAULT_PROMPTS: dict[int, str] = dict(enumerate(CLASS_PROMPTS))
 #: Protected attributes of Harvard-FairVLMed, used by the fairness term by default.
-DEFAULT_FAIRNESS_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "ethnicity", "language")
+DEFAULT_FAIRNESS_ATTRIBUTES: tuple[str, ...] = ATTRIBUTES
 #: Attribute → number of groups (FairVLMed coding), used by the metrics by default.
-DEFAULT_METRIC_ATTRIBUTES: dict[str, int] = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
+DEFAULT_METRIC_ATTRIBUTES: dict[str, int] = dict(ATTRIBUTE_GROUPS)
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 

@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from fairvlm_lightning.data.fairvlmed import ATTRIBUTE_GROUPS, load_fairvlmed, split_folder
+from fairvlm_lightning.data.fairvlmed import load_fairvlmed, split_folder
 from fairvlm_lightning.data.sampling import (
     EpochShuffleSampler,
     GroupBalancedSampler,
     ResumableDataLoader,
 )
 from fairvlm_lightning.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_assets
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, BAD_PAIR_FIELD, NOTES_FILENAMES
 
 __all__ = ["FairVLMedDataModule", "ImageTransform"]
 
@@ -364,8 +365,8 @@ class _Collate:
             batch = {k: torch.stack([row[k] for row in batch]) for k in batch[0]}
         out = dict(batch)
         out["pixel_values"] = self.transform.normalize(out.pop("pixels"))
-        if "is_bad_pair" in out:
-            out["is_bad_pair"] = out["is_bad_pair"].to(torch.bool)
+        if BAD_PAIR_FIELD in out:
+            out[BAD_PAIR_FIELD] = out[BAD_PAIR_FIELD].to(torch.bool)
         return out
 
 
@@ -438,8 +439,8 @@ class FairVLMedDataModule(LightningDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         max_length: int = 64,
-        notes: str | None = "gpt-4_summarized_notes.csv",
-        attributes: Sequence[str] = ("race", "gender", "ethnicity", "language"),
+        notes: str | None = NOTES_FILENAMES[0],
+        attributes: Sequence[str] = ATTRIBUTES,
         balance_attribute: str | None = None,
         seed: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -636,8 +637,8 @@ class FairVLMedDataModule(LightningDataModule):
                 continue
             ds = self._preprocessed(split)
             columns = ["pixels", "input_ids", "attention_mask", "index", "label", *self.attributes]
-            if "is_bad_pair" in ds.column_names:
-                columns.append("is_bad_pair")
+            if BAD_PAIR_FIELD in ds.column_names:
+                columns.append(BAD_PAIR_FIELD)
             self._splits[split] = _SplitDataset(ds, columns)
 
     # ------------------------------------------------------------- public API
