@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder, warm_start_dual_encoder
 from fairvlm_lightning.schema import (
     ATTRIBUTE_GROUPS,
     ATTRIBUTES,
@@ -568,8 +569,6 @@ def _settings(
     warm_start_steps: int,
 ) -> dict[str, Any]:
     """Normalised, JSON-comparable settings; unknown keyword names raise TypeError here."""
-    from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder
-
     data_sig = inspect.signature(write_synthetic_fairvlmed)
     bound = data_sig.bind_partial(seed=seed, **synthetic_kwargs)  # TypeError on unknown names
     if "overwrite" in bound.arguments:
@@ -680,8 +679,6 @@ def ensure_synthetic_assets(
         'CLIPModel'
     """
     from filelock import FileLock
-
-    from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder, warm_start_dual_encoder
 
     root = Path(root)
     settings = _settings(seed, synthetic_kwargs, model_kwargs or {}, warm_start_steps)
