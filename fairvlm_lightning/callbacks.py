@@ -67,6 +67,7 @@ from fairvlm_lightning.mining import (
     dist_rank_world,
     validate_hparams,
 )
+from fairvlm_lightning.validation import check_integer_ids
 
 __all__ = ["DynamicBadPairMining", "find_bad_pair_mining"]
 
@@ -358,8 +359,7 @@ class DynamicBadPairMining(Callback):
                 f"DynamicBadPairMining: batch[{key!r}] must be a tensor of shape {shape} like "
                 f"index, got {got}"
             )
-        if values.is_floating_point() or values.dtype == torch.bool:
-            raise ValueError(f"batch[{key!r}] must hold integer group ids, got {values.dtype}")
+        check_integer_ids(values, f"batch[{key!r}]", error=ValueError)
         if values.numel():
             lo, hi = (int(v) for v in torch.aminmax(values))
             if lo < -1 or hi > 127:

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from fairvlm_lightning.validation import check_integer_ids
+
 __all__ = ["SinkhornFairnessLoss", "quantile_transport_cost"]
 
 # Measured by benchmarks/bench_sinkhorn.py (table in the SinkhornFairnessLoss docstring): below
@@ -453,8 +455,7 @@ class SinkhornFairnessLoss(nn.Module):
         for attr, ids in groups.items():
             if not isinstance(ids, Tensor):
                 raise TypeError(f"groups[{attr!r}] must be a tensor, got {type(ids).__name__}")
-            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-                raise TypeError(f"groups[{attr!r}] must hold integer group ids, got {ids.dtype}")
+            check_integer_ids(ids, f"groups[{attr!r}]")
             if ids.shape != values.shape:
                 raise ValueError(
                     f"groups[{attr!r}] has shape {tuple(ids.shape)} but values has "
