@@ -20,13 +20,16 @@ import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from numpy import asarray as np_asarray
 
 from fairvlm_lightning.data.transforms import ImageTransform
 from fairvlm_lightning.encoders import DualEncoder
+
+if TYPE_CHECKING:
+    from transformers.image_processing_utils import ImageProcessingMixin
 
 __all__ = [
     "MODEL_PRESETS",
@@ -192,12 +195,14 @@ def train_note_tokenizer(
     )
 
 
-def _image_processor(image_size: int, mean: list[float], std: list[float]) -> object:
-    try:  # transformers >= 5: pick the PIL backend explicitly (no torchvision needed)
-        from transformers import CLIPImageProcessorPil as Processor
-    except ImportError:  # pragma: no cover - transformers 4.x
-        from transformers import CLIPImageProcessor as Processor
-    return Processor(
+def _image_processor(image_size: int, mean: list[float], std: list[float]) -> ImageProcessingMixin:
+    import transformers
+
+    # transformers >= 5: pick the PIL backend explicitly (no torchvision needed); 4.x has one
+    processor: type[ImageProcessingMixin] = getattr(
+        transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor
+    )
+    return processor(
         do_resize=True,
         size={"shortest_edge": image_size},
         resample=3,  # bicubic, as CLIP
