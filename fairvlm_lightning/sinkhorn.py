@@ -24,11 +24,13 @@ from torch import Tensor, nn
 
 from fairvlm_lightning.validation import check_integer_ids
 
-__all__ = ["SinkhornFairnessLoss", "quantile_transport_cost"]
+__all__ = ["DEFAULT_BLUR", "DEFAULT_SCALING", "SinkhornFairnessLoss", "quantile_transport_cost"]
 
 # Measured by benchmarks/bench_sinkhorn.py (table in the SinkhornFairnessLoss docstring): below
 # blur ~1e-2 the gap to the exact value is set by the epsilon-scaling ratio, not by blur.
+#: Default GeomLoss blur of :class:`SinkhornFairnessLoss` (and of ``FairVLMModule``).
 DEFAULT_BLUR = 1e-2
+#: Default GeomLoss epsilon-scaling ratio of :class:`SinkhornFairnessLoss`.
 DEFAULT_SCALING = 0.95
 # Elements per (problems x n x n) cost matrix in one batched GeomLoss call.
 _MAX_BATCHED_ELEMENTS = 2**25
