@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from fairvlm_lightning.metrics.functional import fairness_metrics
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS
 
-ATTRIBUTES = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
+ATTRIBUTES = ATTRIBUTE_GROUPS
 
 
 def data(n: int, seed: int = 0):

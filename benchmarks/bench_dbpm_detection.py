@@ -48,9 +48,11 @@ from typing import Any
 
 import numpy as np
 
+from fairvlm_lightning.schema import ATTRIBUTES, GROUP_NAMES
+
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).resolve().parent.parent / ".fairvlm_cache" / "bench_dbpm"
-ATTRS = ("race", "gender", "ethnicity", "language")
+ATTRS = ATTRIBUTES
 MINORITY = (0, 1)  # race: Asian, Black
 MAJORITY = 2  # race: White
 
@@ -403,7 +405,7 @@ def plot(run: dict[str, Any], rule: str, path: Path) -> None:
 
     race = np.asarray(run["race"])
     bad = np.asarray(run["is_bad_pair"], dtype=bool)
-    names = {0: "Asian", 1: "Black", 2: "White"}
+    names = dict(enumerate(GROUP_NAMES["race"]))
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=True)
     for row, name in enumerate(("paper", rule)):
         stat = np.asarray(run["final_stats"][name])

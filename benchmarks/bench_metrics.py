@@ -34,8 +34,9 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from fairvlm_lightning.metrics import FairnessMetrics
 from fairvlm_lightning.metrics.functional import fairness_metrics
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS
 
-ATTRIBUTES = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
+ATTRIBUTES = ATTRIBUTE_GROUPS
 
 
 def make_data(n: int, seed: int = 0):

@@ -31,9 +31,11 @@ from pathlib import Path
 
 import torch
 
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS
+
 RESULTS = Path(__file__).resolve().parent / "results" / "real_size.json"
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "out_proj"]}
-ATTRS = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
+ATTRS = ATTRIBUTE_GROUPS
 
 
 def _rss_mib() -> float:

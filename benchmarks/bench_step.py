@@ -54,10 +54,11 @@ from transformers import CLIPConfig
 from fairvlm_lightning.callbacks import DynamicBadPairMining
 from fairvlm_lightning.losses import pair_losses
 from fairvlm_lightning.module import FairVLMModule
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS
 from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_step.json"
-ATTRIBUTES = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}  # FairVLMed coding
+ATTRIBUTES = ATTRIBUTE_GROUPS  # FairVLMed coding
 VARIANTS = [
     "clip",
     "dbpm",

@@ -35,6 +35,7 @@ from fairvlm_lightning.data import (
     load_fairvlmed,
     write_synthetic_fairvlmed,
 )
+from fairvlm_lightning.schema import IMAGE_FIELD, LABEL_FIELD, NOTE_FIELD, SPLIT_FOLDERS
 
 
 class ReferenceStyle(Dataset):
@@ -43,7 +44,7 @@ class ReferenceStyle(Dataset):
     def __init__(self, root: Path, model: Path, notes: dict[str, str], max_length: int) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        self.files = sorted((root / "Training").glob("*.npz"))
+        self.files = sorted((root / SPLIT_FOLDERS["train"][0]).glob("*.npz"))
         self.proc = AutoImageProcessor.from_pretrained(model)
         self.tok = AutoTokenizer.from_pretrained(model)
         self.notes, self.max_length = notes, max_length
@@ -53,7 +54,7 @@ class ReferenceStyle(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         z = np.load(self.files[i])
-        pix = self.proc(images=Image.fromarray(z["slo_fundus"]), return_tensors="pt")
+        pix = self.proc(images=Image.fromarray(z[IMAGE_FIELD]), return_tensors="pt")
         enc = self.tok(
             self.notes[self.files[i].name],
             padding="max_length",
@@ -66,7 +67,7 @@ class ReferenceStyle(Dataset):
             "input_ids": enc["input_ids"][0],
             "attention_mask": enc["attention_mask"][0],
             "index": i,
-            "label": int(z["glaucoma"]),
+            "label": int(z[LABEL_FIELD]),
             "race": int(z["race"]),
         }
 
@@ -181,7 +182,8 @@ def main() -> None:
         real = write_synthetic_fairvlmed(
             tmp / "real", sizes={"train": big_n, "val": 8, "test": 0}, image_shape=(664, 512)
         )
-        texts = [str(np.load(p)["note"]) for p in sorted((real / "Training").glob("*.npz"))]
+        train = real / SPLIT_FOLDERS["train"][0]
+        texts = [str(np.load(p)[NOTE_FIELD]) for p in sorted(train.glob("*.npz"))]
         build_tiny_dual_encoder(
             real / "model", texts, image_size=224, patch_size=32, image_mean=0.45, image_std=0.25
         )

@@ -31,9 +31,10 @@ from transformers import AutoModel
 from fairvlm_lightning.callbacks import DynamicBadPairMining, find_bad_pair_mining  # (+)
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.metrics import FairnessMetrics  # (+)
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, CLASS_PROMPTS
 
-GROUPS = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
-_PROMPTS = ("A photo of non-glaucoma", "A photo of glaucoma")
+GROUPS = ATTRIBUTE_GROUPS
+_PROMPTS = CLASS_PROMPTS
 
 
 class MyCLIP(pl.LightningModule):

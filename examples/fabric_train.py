@@ -36,10 +36,11 @@ from fairvlm_lightning.encoders import DualEncoder
 from fairvlm_lightning.losses import pair_losses
 from fairvlm_lightning.metrics import FairnessMetrics
 from fairvlm_lightning.mining import BadPairMiner
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, CLASS_PROMPTS
 from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
 
-ATTRIBUTES = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
-PROMPTS = ("A photo of non-glaucoma", "A photo of glaucoma")
+ATTRIBUTES = ATTRIBUTE_GROUPS  # FairVLMed: attribute -> number of groups
+PROMPTS = CLASS_PROMPTS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -53,6 +53,7 @@ import torch
 
 from fairvlm_lightning.callbacks import find_bad_pair_mining
 from fairvlm_lightning.configs import resolve_config
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, BAD_PAIR_FIELD
 
 __all__ = [
     "BASELINE",
@@ -77,7 +78,10 @@ DEFAULT_CONFIGS: tuple[str, ...] = (
 )
 #: Name of the baseline method (plain CLIP fine-tuning).
 BASELINE = "synthetic_clip"
-_ATTRIBUTES: dict[str, int] = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
+_ATTRIBUTES: dict[str, int] = dict(ATTRIBUTE_GROUPS)
+#: Attribute whose groups get a per-group DBPM record and ROC plot (FairVLMed: race, where the
+#: synthetic twin concentrates its bad pairs).
+_DETAIL_ATTRIBUTE = ATTRIBUTES[0]
 _LOWER_IS_BETTER = ("dpd", "deodds", "auc_std_disparity", "auc_max_disparity")
 _RESULT = "result.json"
 _RESULT_VERSION = 1
@@ -463,23 +467,24 @@ def _dbpm_record(cli: Any, folder: Path) -> dict[str, Any] | None:
     if train is not None:
         index = np.asarray(train["index"], dtype=np.int64)
         order = np.argsort(index)
-        if "race" in train.column_names:
-            race = np.full(len(stat), -1, dtype=np.int64)
-            race[index[order]] = np.asarray(train["race"])[order]
-            arrays["race"] = race
-        if "is_bad_pair" in train.column_names:
+        detail = _DETAIL_ATTRIBUTE
+        if detail in train.column_names:
+            codes = np.full(len(stat), -1, dtype=np.int64)
+            codes[index[order]] = np.asarray(train[detail])[order]
+            arrays[detail] = codes
+        if BAD_PAIR_FIELD in train.column_names:
             bad = np.zeros(len(stat), dtype=bool)
-            bad[index[order]] = np.asarray(train["is_bad_pair"], dtype=bool)[order]
-            arrays["is_bad_pair"] = bad
+            bad[index[order]] = np.asarray(train[BAD_PAIR_FIELD], dtype=bool)[order]
+            arrays[BAD_PAIR_FIELD] = bad
             hits = float((flagged & bad).sum())
             record["num_bad"] = float(bad.sum())
             flagged_total = record["num_flagged"]
             record["precision"] = hits / flagged_total if flagged_total else math.nan
             record["recall"] = hits / record["num_bad"] if record["num_bad"] else math.nan
-            if "race" in arrays:
+            if detail in arrays:
                 per_group = {}
-                for g in range(3):
-                    m = arrays["race"] == g
+                for g in range(ATTRIBUTE_GROUPS[detail]):
+                    m = arrays[detail] == g
                     f, b = flagged & m, bad & m
                     per_group[str(g)] = {
                         "flagged": float(f.sum()),
@@ -487,7 +492,7 @@ def _dbpm_record(cli: Any, folder: Path) -> dict[str, Any] | None:
                         "precision": float((f & bad).sum() / f.sum()) if f.sum() else math.nan,
                         "recall": float((f & b).sum() / b.sum()) if b.sum() else math.nan,
                     }
-                record["race"] = per_group
+                record[detail] = per_group
     np.savez_compressed(folder / "dbpm.npz", **arrays)  # type: ignore[arg-type]
     return record
 
@@ -1066,8 +1071,9 @@ def _make_plots(
             if path.is_file():
                 preds[r["variant"]] = dict(np.load(path))
     if preds:
-        plots.plot_group_roc(preds, "race", out / "roc_race.png")
-        images[f"ROC curves per race group (test, seed {first_seed})"] = "roc_race.png"
+        detail = _DETAIL_ATTRIBUTE
+        plots.plot_group_roc(preds, detail, out / f"roc_{detail}.png")
+        images[f"ROC curves per {detail} group (test, seed {first_seed})"] = f"roc_{detail}.png"
     for name in main:
         path = out / "runs" / name / f"seed_{first_seed}" / "dbpm.npz"
         record = next(

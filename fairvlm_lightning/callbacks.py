@@ -52,8 +52,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import Strategy
 from torch import Tensor
 
 from fairvlm_lightning.mining import (
@@ -64,9 +64,9 @@ from fairvlm_lightning.mining import (
     Location,
     Statistic,
     Weighting,
-    dist_rank_world,
     validate_hparams,
 )
+from fairvlm_lightning.validation import check_integer_ids
 
 __all__ = ["DynamicBadPairMining", "find_bad_pair_mining"]
 
@@ -200,6 +200,7 @@ class DynamicBadPairMining(Callback):
         self._pending_state: dict[str, Any] | None = None
         self._last_folded_epoch = -1
         self._recorded_epoch = -1
+        self._strategy: Strategy | None = None  # the running trainer's, for cross-rank sums
 
     @classmethod
     def paper(cls, **kwargs: Any) -> DynamicBadPairMining:
@@ -263,11 +264,13 @@ class DynamicBadPairMining(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Build the miner when ``num_pairs`` is given (so a checkpoint can be applied at once)."""
+        self._strategy = getattr(trainer, "strategy", None)
         if stage == "fit" and self.miner is None and self.num_pairs is not None:
             self._build(self.num_pairs)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build the miner from the dataset length if needed; move it to the module's device."""
+        self._strategy = getattr(trainer, "strategy", None)
         if self.miner is None:
             self._build(self._infer_num_pairs(trainer))
         assert self.miner is not None
@@ -358,8 +361,7 @@ class DynamicBadPairMining(Callback):
                 f"DynamicBadPairMining: batch[{key!r}] must be a tensor of shape {shape} like "
                 f"index, got {got}"
             )
-        if values.is_floating_point() or values.dtype == torch.bool:
-            raise ValueError(f"batch[{key!r}] must hold integer group ids, got {values.dtype}")
+        check_integer_ids(values, f"batch[{key!r}]", error=ValueError)
         if values.numel():
             lo, hi = (int(v) for v in torch.aminmax(values))
             if lo < -1 or hi > 127:
@@ -415,12 +417,18 @@ class DynamicBadPairMining(Callback):
             self.export_flagged(self.export_dir / f"dbpm_flagged_epoch_{epoch:04d}.csv")
 
     def _sync_groups(self) -> None:
-        _, world = dist_rank_world()
-        if world > 1:
-            for values in self.group_values.values():
-                dist.all_reduce(values, op=dist.ReduceOp.MAX)
-            if self.truth is not None:
-                dist.all_reduce(self.truth, op=dist.ReduceOp.MAX)
+        """Each rank wrote the ids of the pairs it saw (-1 elsewhere): take the max over ranks.
+
+        Through the trainer's strategy, as Lightning's own callbacks reduce across processes
+        (nothing to do on one process).
+        """
+        strategy = self._strategy
+        if strategy is None or getattr(strategy, "world_size", 1) <= 1:
+            return
+        for key, values in self.group_values.items():
+            self.group_values[key] = strategy.reduce(values, reduce_op="max")
+        if self.truth is not None:
+            self.truth = strategy.reduce(self.truth, reduce_op="max")
 
     def epoch_metrics(self) -> dict[str, float]:
         """The numbers logged after an epoch (see the class docstring for the names)."""

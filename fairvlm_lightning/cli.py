@@ -658,7 +658,8 @@ class FairVLMCLI(LightningCLI):
         last = lasts[0] if lasts else ""
         if last and last != best:
             print(f"last:       {last}")
-        for callback in trainer.callbacks:
+        # Lightning sets Trainer.callbacks in its callback connector; its class does not declare it
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
             export = getattr(callback, "export_dir", None)
             if export:
                 print(f"DBPM flags: {export}")

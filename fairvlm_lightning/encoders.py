@@ -138,7 +138,8 @@ class DualEncoder(nn.Module):
             raise ValueError(f"loss_kind must be 'clip' or 'siglip', got {loss_kind!r}")
         if max_logit_scale is not None and not max_logit_scale > 0:
             raise ValueError(f"max_logit_scale must be positive or None, got {max_logit_scale}")
-        self.model = model
+        # Any Hugging Face dual encoder: duck-typed (get_*_features, logit_scale checked above).
+        self.model: Any = model
         self._loss_kind: LossKind = loss_kind
         self.max_logit_scale = max_logit_scale
         self._image_kwargs = _accepted_kwargs(model.get_image_features)

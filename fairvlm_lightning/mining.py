@@ -77,6 +77,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fairvlm_lightning.validation import check_integer_ids, is_integer_tensor
+
 __all__ = [
     "FAULTY",
     "LOCATIONS",
@@ -517,7 +519,7 @@ class BadPairMiner:
             raise TypeError(f"{where}: index must be a torch.Tensor, got {type(index).__name__}")
         if not isinstance(losses, Tensor):
             raise TypeError(f"{where}: losses must be a torch.Tensor, got {type(losses).__name__}")
-        if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        if not is_integer_tensor(index):
             raise TypeError(f"{where}: index must be an integer tensor, got {index.dtype}")
         if not losses.is_floating_point():
             raise TypeError(f"{where}: losses must be a floating-point tensor, got {losses.dtype}")
@@ -805,8 +807,7 @@ class BadPairMiner:
                     f"BadPairMiner.end_epoch: groups[{attr!r}] must be a tensor of shape "
                     f"({self.num_pairs},), got {got}"
                 )
-            if g.is_floating_point() or g.is_complex() or g.dtype == torch.bool:
-                raise ValueError(f"groups[{attr!r}] must hold integer group ids, got {g.dtype}")
+            check_integer_ids(g, f"groups[{attr!r}]", error=ValueError)
             lo, hi = (int(v) for v in torch.aminmax(g)) if g.numel() else (0, 0)
             if lo < -1:
                 raise ValueError(f"groups[{attr!r}] values must be >= -1 (-1 = unknown), got {lo}")

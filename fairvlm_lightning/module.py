@@ -42,9 +42,10 @@ from transformers import (
 )
 
 from fairvlm_lightning.callbacks import find_bad_pair_mining
-from fairvlm_lightning.encoders import DualEncoder
+from fairvlm_lightning.encoders import DualEncoder, DualEncoderOutput, LossKind
 from fairvlm_lightning.losses import pair_losses
 from fairvlm_lightning.metrics import FairnessMetrics
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, CLASS_PROMPTS
 from fairvlm_lightning.sinkhorn import DEFAULT_BLUR, DEFAULT_SCALING, SinkhornFairnessLoss
 
 __all__ = [
@@ -55,11 +56,11 @@ __all__ = [
 ]
 
 #: Zero-shot class prompts of the paper (label 0 = no glaucoma, 1 = glaucoma).
-DEFAULT_PROMPTS: dict[int, str] = {0: "A photo of non-glaucoma", 1: "A photo of glaucoma"}
+DEFAULT_PROMPTS: dict[int, str | list[str]] = dict(enumerate(CLASS_PROMPTS))
 #: Protected attributes of Harvard-FairVLMed, used by the fairness term by default.
-DEFAULT_FAIRNESS_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "ethnicity", "language")
+DEFAULT_FAIRNESS_ATTRIBUTES: tuple[str, ...] = ATTRIBUTES
 #: Attribute → number of groups (FairVLMed coding), used by the metrics by default.
-DEFAULT_METRIC_ATTRIBUTES: dict[str, int] = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
+DEFAULT_METRIC_ATTRIBUTES: dict[str, int] = dict(ATTRIBUTE_GROUPS)
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 
@@ -240,6 +241,86 @@ def _check_prompts(prompts: Mapping[Any, Any]) -> dict[int, list[str]]:
     return out
 
 
+def _check_init_args(
+    *,
+    nonfinite_loss: str,
+    loss: str,
+    fairness_statistic: str,
+    fairness_weight: Any,
+    fairness_attributes: Any,
+    scheduler_interval: str,
+    prompt_max_length: Any,
+) -> None:
+    """The plain-value checks of :class:`FairVLMModule`'s arguments (clear errors, early)."""
+    if nonfinite_loss not in ("raise", "skip"):
+        raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+    if loss not in ("auto", "clip", "siglip"):
+        raise ValueError(f"loss must be 'auto', 'clip' or 'siglip', got {loss!r}")
+    if fairness_statistic not in ("loss", "similarity"):
+        raise ValueError(
+            f"fairness_statistic must be 'loss' or 'similarity', got {fairness_statistic!r}"
+        )
+    if not (isinstance(fairness_weight, (int, float)) and math.isfinite(fairness_weight)):
+        raise ValueError(f"fairness_weight must be a finite number, got {fairness_weight!r}")
+    if fairness_weight < 0:
+        raise ValueError(f"fairness_weight must be >= 0, got {fairness_weight}")
+    if isinstance(fairness_attributes, str):
+        raise TypeError(
+            "fairness_attributes must be a sequence of attribute names, got the string "
+            f"{fairness_attributes!r} (write [{fairness_attributes!r}])"
+        )
+    if scheduler_interval not in ("epoch", "step"):
+        raise ValueError(
+            f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
+        )
+    if not (isinstance(prompt_max_length, int) and prompt_max_length > 0):
+        raise ValueError(f"prompt_max_length must be a positive int, got {prompt_max_length!r}")
+
+
+def _check_metric_attributes(metric_attributes: Any) -> dict[str, int]:
+    """The metric attributes (FairVLMed's by default) after a type check."""
+    if metric_attributes is None:
+        return dict(DEFAULT_METRIC_ATTRIBUTES)
+    if not isinstance(metric_attributes, Mapping):
+        raise TypeError(
+            "metric_attributes must be a dict {attribute: number of groups}, got "
+            f"{type(metric_attributes).__name__}"
+        )
+    return dict(metric_attributes)
+
+
+def _unsaved_hparams(**values: Any) -> list[str]:
+    """Names of the arguments that are not plain values (kept out of the checkpoint)."""
+    return [name for name, value in values.items() if not _is_primitive(value)]
+
+
+def _rebuild_hparams(hf_model: Any, tokenizer: Any, ignore: Sequence[str]) -> dict[str, Any]:
+    """Plain stand-ins for an unsaved model instance (its config dict) and tokenizer (its name).
+
+    ``load_from_checkpoint`` rebuilds an instance from its config (weights come from the
+    checkpoint); a model without a Hugging Face config must be passed again there.
+    """
+    extra: dict[str, Any] = {}
+    if "model" in ignore:
+        config = getattr(hf_model, "config", None)
+        extra["model"] = config.to_diff_dict() if isinstance(config, PretrainedConfig) else None
+    if "tokenizer" in ignore:
+        name = getattr(tokenizer, "name_or_path", None)
+        extra["tokenizer"] = name if isinstance(name, str) and name else None
+    return extra
+
+
+def _load_tokenizer(
+    model: Any, tokenizer: Any, from_pretrained_kwargs: Mapping[str, Any]
+) -> PreTrainedTokenizerBase | None:
+    """The given tokenizer, loaded by name; else the model's when the model is a name."""
+    if isinstance(tokenizer, str):
+        return AutoTokenizer.from_pretrained(tokenizer)
+    if tokenizer is None and isinstance(model, str):
+        return AutoTokenizer.from_pretrained(model, **from_pretrained_kwargs)
+    return tokenizer
+
+
 class FairVLMModule(pl.LightningModule):
     r"""Robust (DBPM) and fair (Sinkhorn) contrastive fine-tuning of a Hugging Face dual encoder.
 
@@ -284,7 +365,7 @@ class FairVLMModule(pl.LightningModule):
             ``"similarity"`` (matched-pair cosine similarity, as FairCLIP).
         sinkhorn_blur: GeomLoss blur of the Sinkhorn divergence (default 1e-2, see
             :class:`~fairvlm_lightning.sinkhorn.SinkhornFairnessLoss`).
-        sinkhorn_scaling: GeomLoss ε-scaling ratio in (0, 1) (default 0.9).
+        sinkhorn_scaling: GeomLoss ε-scaling ratio in (0, 1) (default 0.95).
         sinkhorn_backend: ``"geomloss"`` or ``"exact1d"`` (the blur → 0 limit by sorting).
         min_group_size: groups with fewer members in the batch are skipped by the term.
         prompts: class id → prompt or list of prompts (embeddings averaged) for zero-shot
@@ -371,65 +452,30 @@ class FairVLMModule(pl.LightningModule):
         peft: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if nonfinite_loss not in ("raise", "skip"):
-            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        _check_init_args(
+            nonfinite_loss=nonfinite_loss,
+            loss=loss,
+            fairness_statistic=fairness_statistic,
+            fairness_weight=fairness_weight,
+            fairness_attributes=fairness_attributes,
+            scheduler_interval=scheduler_interval,
+            prompt_max_length=prompt_max_length,
+        )
+        # The resolved / defaulted values are what save_hyperparameters records (it reads this
+        # frame's locals), so they are bound here.
         model, tokenizer = _resolve_folder(model), _resolve_folder(tokenizer)
-        if loss not in ("auto", "clip", "siglip"):
-            raise ValueError(f"loss must be 'auto', 'clip' or 'siglip', got {loss!r}")
-        if fairness_statistic not in ("loss", "similarity"):
-            raise ValueError(
-                f"fairness_statistic must be 'loss' or 'similarity', got {fairness_statistic!r}"
-            )
-        if not (isinstance(fairness_weight, (int, float)) and math.isfinite(fairness_weight)):
-            raise ValueError(f"fairness_weight must be a finite number, got {fairness_weight!r}")
-        if fairness_weight < 0:
-            raise ValueError(f"fairness_weight must be >= 0, got {fairness_weight}")
-        if isinstance(fairness_attributes, str):
-            raise TypeError(
-                "fairness_attributes must be a sequence of attribute names, got the string "
-                f"{fairness_attributes!r} (write [{fairness_attributes!r}])"
-            )
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(
-                f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
-            )
-        if not (isinstance(prompt_max_length, int) and prompt_max_length > 0):
-            raise ValueError(f"prompt_max_length must be a positive int, got {prompt_max_length!r}")
         prompts = DEFAULT_PROMPTS if prompts is None else prompts
         self._prompts = _check_prompts(prompts)
-        metric_attributes = (
-            dict(DEFAULT_METRIC_ATTRIBUTES) if metric_attributes is None else metric_attributes
-        )
-        if not isinstance(metric_attributes, Mapping):
-            raise TypeError(
-                "metric_attributes must be a dict {attribute: number of groups}, got "
-                f"{type(metric_attributes).__name__}"
-            )
+        metric_attributes = _check_metric_attributes(metric_attributes)
 
         # Hyper-parameters: only plain values go into checkpoints (they load with
         # ``weights_only=True``); a model instance or config is recorded as its config dict.
-        ignore = [
-            name
-            for name, value in (
-                ("model", model),
-                ("tokenizer", tokenizer),
-                ("optimizer", optimizer),
-                ("scheduler", scheduler),
-                ("peft", peft),
-            )
-            if not _is_primitive(value)
-        ]
+        ignore = _unsaved_hparams(
+            model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, peft=peft
+        )
         self.save_hyperparameters(ignore=ignore)
         hf_model = _load_model(model, from_pretrained_kwargs or {})
-        extra: dict[str, Any] = {}
-        if "model" in ignore:
-            config = getattr(hf_model, "config", None)
-            # load_from_checkpoint rebuilds an instance from its config (weights come from the
-            # checkpoint); a model without a Hugging Face config must be passed again there.
-            extra["model"] = config.to_diff_dict() if isinstance(config, PretrainedConfig) else None
-        if "tokenizer" in ignore:
-            name = getattr(tokenizer, "name_or_path", None)
-            extra["tokenizer"] = name if isinstance(name, str) and name else None
+        extra = _rebuild_hparams(hf_model, tokenizer, ignore)
         if peft is not None:  # LoRA & co.: only the adapter weights train
             hf_model, extra["peft"] = _wrap_peft(hf_model, peft)
         if extra:
@@ -438,13 +484,7 @@ class FairVLMModule(pl.LightningModule):
         self.encoder = DualEncoder(
             hf_model, loss_kind=None if loss == "auto" else loss, max_logit_scale=max_logit_scale
         )
-        self.tokenizer: PreTrainedTokenizerBase | None
-        if isinstance(tokenizer, str):
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        elif tokenizer is None and isinstance(model, str):
-            self.tokenizer = AutoTokenizer.from_pretrained(model, **(from_pretrained_kwargs or {}))
-        else:
-            self.tokenizer = tokenizer
+        self.tokenizer = _load_tokenizer(model, tokenizer, from_pretrained_kwargs or {})
         self.nonfinite_loss = nonfinite_loss
         self.fairness_weight = float(fairness_weight)
         self.fairness_attributes = tuple(fairness_attributes)
@@ -474,7 +514,7 @@ class FairVLMModule(pl.LightningModule):
         return self.encoder.model
 
     @property
-    def loss_kind(self) -> str:
+    def loss_kind(self) -> LossKind:
         """``"clip"`` or ``"siglip"``: the contrastive loss in use."""
         return self.encoder.loss_kind
 
@@ -613,7 +653,21 @@ class FairVLMModule(pl.LightningModule):
             needed += list(self.fairness_attributes)
         self._require(batch, needed, "training")
         out = self.encoder(batch["pixel_values"], batch["input_ids"], batch.get("attention_mask"))
-        losses = pair_losses(
+        losses = self._pair_losses(out)
+        if self._skip_nonfinite_step(losses, batch, out):
+            return None
+        contrastive, logs = self._contrastive_part(out, losses, batch["index"])
+        total = contrastive
+        if self.fairness_weight > 0:
+            fair, fair_logs = self._fairness_part(out, losses, batch)
+            total = total + self.fairness_weight * fair
+            logs.update(fair_logs)
+        self._log_training(logs, total, batch_size=losses.shape[0])
+        return {"loss": total, "pair_losses": losses.detach(), "index": batch["index"]}
+
+    def _pair_losses(self, out: DualEncoderOutput) -> Tensor:
+        """``(B,)`` float32 per-pair contrastive losses of the encoder output."""
+        return pair_losses(
             out.image_embeds,
             out.text_embeds,
             out.logit_scale,
@@ -621,60 +675,62 @@ class FairVLMModule(pl.LightningModule):
             kind=self.loss_kind,
             gather_distributed=self.gather_distributed,
         ).float()
-        if self._skip_nonfinite_step(losses, batch, out):
-            return None
-        batch_size = losses.shape[0]
-        weights = self._pair_weights(batch["index"], losses)
+
+    def _contrastive_part(
+        self, out: DualEncoderOutput, losses: Tensor, index: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The DBPM-weighted mean contrastive loss and its logs."""
+        weights = self._pair_weights(index, losses)
         contrastive = (weights * losses).mean()
-        total = contrastive
         logs = {
             "train/contrastive_loss": contrastive.detach(),
             "train/raw_loss": losses.detach().mean(),
             "train/downweighted_fraction": (weights != 1).float().mean(),
             "train/logit_scale": out.logit_scale.detach().float(),
         }
-        if self.fairness_weight > 0:
-            if self.fairness_statistic == "loss":
-                statistic = losses
-            else:
-                statistic = (out.image_embeds * out.text_embeds).sum(dim=-1)
-            groups = {name: batch[name] for name in self.fairness_attributes}
-            with torch.autocast(device_type=statistic.device.type, enabled=False):
-                fair, terms = self.fairness_loss(statistic.float(), groups, return_terms=True)
-            total = total + self.fairness_weight * fair
-            logs["train/fairness_loss"] = fair.detach()
-            for name in self.fairness_attributes:
-                parts = [v for k, v in terms.items() if k.split("/")[0] == name]
-                if parts:
-                    logs[f"train/fairness/{name}"] = torch.stack(parts).sum().detach()
-        if self._trainer is not None:  # also usable as a plain function (tests, doctests)
-            self.log_dict(logs, on_step=True, on_epoch=True, batch_size=batch_size)
-            self.log(
-                "train/loss",
-                total.detach(),
-                prog_bar=True,
-                on_step=True,
-                on_epoch=True,
-                batch_size=batch_size,
-            )
-        return {"loss": total, "pair_losses": losses.detach(), "index": batch["index"]}
+        return contrastive, logs
+
+    def _fairness_part(
+        self, out: DualEncoderOutput, losses: Tensor, batch: Mapping[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The Sinkhorn fairness term (unweighted) and its logs, total and per attribute."""
+        if self.fairness_statistic == "loss":
+            statistic = losses
+        else:
+            statistic = (out.image_embeds * out.text_embeds).sum(dim=-1)
+        groups = {name: batch[name] for name in self.fairness_attributes}
+        with torch.autocast(device_type=statistic.device.type, enabled=False):
+            fair, terms = self.fairness_loss(statistic.float(), groups, return_terms=True)
+        logs = {"train/fairness_loss": fair.detach()}
+        for name in self.fairness_attributes:
+            parts = [v for k, v in terms.items() if k.split("/")[0] == name]
+            if parts:
+                logs[f"train/fairness/{name}"] = torch.stack(parts).sum().detach()
+        return fair, logs
+
+    def _log_training(self, logs: dict[str, Tensor], total: Tensor, batch_size: int) -> None:
+        if self._trainer is None:  # also usable as a plain function (tests, doctests)
+            return
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log(
+            "train/loss",
+            total.detach(),
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch_size,
+        )
 
     # ------------------------------------------------------------------ evaluation
 
     def _reset_prompts(self) -> None:
         self._prompt_embeds = None
 
-    def on_validation_epoch_start(self) -> None:
-        """Encode the prompts once for this evaluation epoch."""
+    def _cache_prompts(self) -> None:
+        """Encode the prompts once for this evaluation or prediction epoch."""
         self._prompt_embeds = self.encode_prompts()
 
-    def on_test_epoch_start(self) -> None:
-        """Encode the prompts once for this evaluation epoch."""
-        self._prompt_embeds = self.encode_prompts()
-
-    def on_predict_epoch_start(self) -> None:
-        """Encode the prompts once for this prediction epoch."""
-        self._prompt_embeds = self.encode_prompts()
+    on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _cache_prompts
 
     def on_train_epoch_start(self) -> None:
         """Forget the prompt embeddings: the weights are about to change."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fairvlm_lightning.schema import GROUP_NAMES
+from fairvlm_lightning.schema import ATTRIBUTES, BAD_PAIR_FIELD, GROUP_NAMES
 
 __all__ = ["plot_dbpm_histogram", "plot_es_auc", "plot_group_roc", "plot_pareto", "roc_curve"]
 
@@ -210,7 +210,7 @@ def plot_dbpm_histogram(
     thresholds: tuple[float, float],
     path: str | os.PathLike[str],
     *,
-    attribute: str = "race",
+    attribute: str = ATTRIBUTES[0],
     title: str = "",
     bins: int = 40,
 ) -> Path:
@@ -233,7 +233,7 @@ def plot_dbpm_histogram(
     stat = np.asarray(state["statistic"], dtype=np.float64)
     ok = ~np.isnan(stat)
     groups = np.asarray(state.get(attribute, np.zeros(stat.size, dtype=np.int64)))
-    bad = state.get("is_bad_pair")
+    bad = state.get(BAD_PAIR_FIELD)
     ids = sorted(int(g) for g in np.unique(groups[ok]) if g >= 0) or [0]
     fig, axes = plt.subplots(1, len(ids), figsize=(3.4 * len(ids), 3.0), squeeze=False)
     edges = np.histogram_bin_edges(stat[ok], bins=bins) if ok.any() else np.linspace(0, 1, bins)

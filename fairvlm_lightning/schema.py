@@ -1,16 +1,48 @@
-"""What Harvard-FairVLMed is, for display: the protected attributes' group names.
+"""What Harvard-FairVLMed is: every fact about the dataset that the code relies on, in one place.
 
-A module with no imports of its own, so every layer can read it. It holds, for now, the display
-names of the group codes that the CLI table and the exported model card print; the other
-FairVLMed facts (attribute list, group counts, prompts) still live beside their users.
+A module with no imports of its own, so every layer (metrics, losses, data, module, CLI) can read
+it. The loader (:mod:`fairvlm_lightning.data.fairvlmed`), the synthetic twin, the module's default
+attributes and prompts, the CLI table, the exported model card, the examples and the benchmarks
+all take their FairVLMed facts from here.
+
+**Another dataset?** Replace, in this file:
+
+* :data:`ATTRIBUTE_GROUPS` — your protected attributes (in the order you want them reported) and
+  the number of groups of each (groups are coded ``0 .. n-1``; ``-1`` means unknown);
+* :data:`GROUP_NAMES` — the display names of those group codes;
+* :data:`CLASS_PROMPTS` — one zero-shot text prompt per class label ``0, 1, ...``;
+* the file-format facts (:data:`IMAGE_FIELD`, :data:`LABEL_FIELD`, :data:`NOTE_FIELD`,
+  :data:`SPLIT_FOLDERS`, :data:`NOTES_FILENAMES`) if your files are FairVLMed-like ``.npz``
+  files with other field or folder names — otherwise bring your own loader and datamodule.
 
 Example:
-    >>> GROUP_NAMES["race"]
-    ('Asian', 'Black', 'White')
+    >>> ATTRIBUTES
+    ('race', 'gender', 'ethnicity', 'language')
+    >>> ATTRIBUTE_GROUPS["race"], GROUP_NAMES["race"]
+    (3, ('Asian', 'Black', 'White'))
+    >>> all(len(GROUP_NAMES[a]) == n for a, n in ATTRIBUTE_GROUPS.items())
+    True
 """
 
-__all__ = ["GROUP_NAMES"]
+__all__ = [
+    "ATTRIBUTES",
+    "ATTRIBUTE_GROUPS",
+    "BAD_PAIR_FIELD",
+    "CLASS_PROMPTS",
+    "GROUP_NAMES",
+    "IMAGE_FIELD",
+    "LABEL_FIELD",
+    "NOTES_FILENAMES",
+    "NOTE_FIELD",
+    "SPLIT_FOLDERS",
+]
 
+#: Number of groups of each protected attribute (FairVLMed coding; ``-1`` = unknown):
+#: race 0 Asian, 1 Black, 2 White; gender 0 female, 1 male; ethnicity 0 non-Hispanic,
+#: 1 Hispanic; language 0 English, 1 Spanish, 2 other. The order is the reference code's.
+ATTRIBUTE_GROUPS: dict[str, int] = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
+#: The protected attributes, in the order of the reference code.
+ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTE_GROUPS)
 #: Display names of the FairVLMed group codes (``-1`` = unknown is never a group).
 GROUP_NAMES: dict[str, tuple[str, ...]] = {
     "race": ("Asian", "Black", "White"),
@@ -18,3 +50,23 @@ GROUP_NAMES: dict[str, tuple[str, ...]] = {
     "ethnicity": ("Non-Hispanic", "Hispanic"),
     "language": ("English", "Spanish", "Other"),
 }
+#: Zero-shot class prompts of the paper's code, indexed by label (0 = no glaucoma, 1 = glaucoma).
+CLASS_PROMPTS: tuple[str, ...] = ("A photo of non-glaucoma", "A photo of glaucoma")
+
+#: ``.npz`` field of the image (uint8, H x W, grayscale SLO fundus).
+IMAGE_FIELD = "slo_fundus"
+#: ``.npz`` field of the binary label.
+LABEL_FIELD = "glaucoma"
+#: ``.npz`` field of the clinical note (used when no notes CSV is given).
+NOTE_FIELD = "note"
+#: Optional ``.npz`` field of the synthetic twin: whether the pair was corrupted on purpose.
+BAD_PAIR_FIELD = "is_bad_pair"
+#: Folder names accepted for each split, first match wins (the released data uses ``Testing``).
+SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
+    "train": ("Training",),
+    "val": ("Validation",),
+    "test": ("Test", "Testing"),
+}
+#: Accepted spellings of the summarised-notes CSV (the dataset and the reference scripts differ);
+#: the first is the default.
+NOTES_FILENAMES: tuple[str, ...] = ("gpt-4_summarized_notes.csv", "gpt4_summarized_notes.csv")

@@ -22,11 +22,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinkhornFairnessLoss", "quantile_transport_cost"]
+from fairvlm_lightning.validation import check_integer_ids
+
+__all__ = ["DEFAULT_BLUR", "DEFAULT_SCALING", "SinkhornFairnessLoss", "quantile_transport_cost"]
 
 # Measured by benchmarks/bench_sinkhorn.py (table in the SinkhornFairnessLoss docstring): below
 # blur ~1e-2 the gap to the exact value is set by the epsilon-scaling ratio, not by blur.
+#: Default GeomLoss blur of :class:`SinkhornFairnessLoss` (and of ``FairVLMModule``).
 DEFAULT_BLUR = 1e-2
+#: Default GeomLoss epsilon-scaling ratio of :class:`SinkhornFairnessLoss`.
 DEFAULT_SCALING = 0.95
 # Elements per (problems x n x n) cost matrix in one batched GeomLoss call.
 _MAX_BATCHED_ELEMENTS = 2**25
@@ -453,8 +457,7 @@ class SinkhornFairnessLoss(nn.Module):
         for attr, ids in groups.items():
             if not isinstance(ids, Tensor):
                 raise TypeError(f"groups[{attr!r}] must be a tensor, got {type(ids).__name__}")
-            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-                raise TypeError(f"groups[{attr!r}] must hold integer group ids, got {ids.dtype}")
+            check_integer_ids(ids, f"groups[{attr!r}]")
             if ids.shape != values.shape:
                 raise ValueError(
                     f"groups[{attr!r}] has shape {tuple(ids.shape)} but values has "

@@ -20,6 +20,7 @@ from fairvlm_lightning.callbacks import DynamicBadPairMining
 from fairvlm_lightning.cli import FairVLMCLI, dbpm_summary, format_fairness_table, main
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.module import FairVLMModule
+from fairvlm_lightning.schema import CLASS_PROMPTS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
 SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml"))
@@ -56,7 +57,7 @@ def _sklearn_test_auc(ckpt: str, root: Path, synthetic_kwargs: dict) -> float:
     model.eval()
     tok = AutoTokenizer.from_pretrained(root / "tiny_model")
     prompts = tok(
-        ["A photo of non-glaucoma", "A photo of glaucoma"],
+        list(CLASS_PROMPTS),
         padding="max_length",
         max_length=max_length,
         return_tensors="pt",

@@ -1,6 +1,6 @@
 """Data: Harvard-FairVLMed loader, its synthetic twin, a tiny local model, samplers, data module."""
 
-from fairvlm_lightning.data.datamodule import FairVLMedDataModule, ImageTransform
+from fairvlm_lightning.data.datamodule import FairVLMedDataModule
 from fairvlm_lightning.data.fairvlmed import (
     ATTRIBUTE_GROUPS,
     ATTRIBUTES,
@@ -23,6 +23,7 @@ from fairvlm_lightning.data.tiny_model import (
     train_note_tokenizer,
     warm_start_dual_encoder,
 )
+from fairvlm_lightning.data.transforms import ImageTransform
 
 __all__ = [
     "ATTRIBUTES",

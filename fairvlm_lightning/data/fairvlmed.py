@@ -44,6 +44,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fairvlm_lightning.schema import (
+    ATTRIBUTE_GROUPS,
+    ATTRIBUTES,
+    BAD_PAIR_FIELD,
+    IMAGE_FIELD,
+    LABEL_FIELD,
+    NOTE_FIELD,
+    NOTES_FILENAMES,
+    SPLIT_FOLDERS,
+)
+
 __all__ = [
     "ATTRIBUTES",
     "ATTRIBUTE_GROUPS",
@@ -53,25 +64,6 @@ __all__ = [
     "split_folder",
 ]
 
-#: Number of groups of each protected attribute (FairVLMed coding; ``-1`` = unknown):
-#: race 0 Asian, 1 Black, 2 White; gender 0 female, 1 male; ethnicity 0 non-Hispanic,
-#: 1 Hispanic; language 0 English, 1 Spanish, 2 other.
-ATTRIBUTE_GROUPS: dict[str, int] = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
-#: The protected attributes, in the order of the reference code.
-ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTE_GROUPS)
-#: Folder names accepted for each split, first match wins (the released data uses ``Testing``).
-SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
-    "train": ("Training",),
-    "val": ("Validation",),
-    "test": ("Test", "Testing"),
-}
-#: Accepted spellings of the summarised-notes CSV (the dataset and the reference scripts differ).
-NOTES_FILENAMES: tuple[str, ...] = ("gpt-4_summarized_notes.csv", "gpt4_summarized_notes.csv")
-
-_LABEL_FIELD = "glaucoma"
-_IMAGE_FIELD = "slo_fundus"
-_NOTE_FIELD = "note"
-_BAD_PAIR_FIELD = "is_bad_pair"
 _CACHE_VERSION = "fairvlmed-arrow-v1"
 _WRITE_BATCH = 64
 
@@ -211,7 +203,7 @@ def _field(npz: Any, field: str, path: Path) -> np.ndarray:
 
 
 def _read_note(npz: Any, path: Path) -> str:
-    arr = _field(npz, _NOTE_FIELD, path)
+    arr = _field(npz, NOTE_FIELD, path)
     if arr.dtype.kind not in "US":
         raise TypeError(f"{path}: field 'note' must be a string array, got dtype {arr.dtype}")
     if arr.size != 1:
@@ -242,9 +234,9 @@ def _read_sample(
         raise ValueError(f"{path}: not an .npz archive (np.load returned {type(npz).__name__})")
     with npz:
         row: dict[str, Any] = {"filename": path.name}
-        label = _scalar(npz, _LABEL_FIELD, path, "iub")
+        label = _scalar(npz, LABEL_FIELD, path, "iub")
         if label not in (0, 1):
-            raise ValueError(f"{path}: field 'glaucoma' must be 0 or 1, got {label}")
+            raise ValueError(f"{path}: field {LABEL_FIELD!r} must be 0 or 1, got {label}")
         row["label"] = int(label)
         for attr, n_groups in ATTRIBUTE_GROUPS.items():
             value = _scalar(npz, attr, path, "iub")
@@ -254,12 +246,12 @@ def _read_sample(
                     f"got {value}"
                 )
             row[attr] = int(value)
-        image = _field(npz, _IMAGE_FIELD, path)
+        image = _field(npz, IMAGE_FIELD, path)
         if image.dtype != np.uint8:
-            raise TypeError(f"{path}: field 'slo_fundus' must be uint8, got dtype {image.dtype}")
+            raise TypeError(f"{path}: field {IMAGE_FIELD!r} must be uint8, got dtype {image.dtype}")
         if image.ndim != 2 or 0 in image.shape:
             raise ValueError(
-                f"{path}: field 'slo_fundus' must be a 2-D (H, W) grayscale image, got shape "
+                f"{path}: field {IMAGE_FIELD!r} must be a 2-D (H, W) grayscale image, got shape "
                 f"{image.shape}"
             )
         row["image"] = image
@@ -272,8 +264,8 @@ def _read_sample(
         if not note:
             raise ValueError(f"missing note for {path.name}: empty or absent in {where}")
         row["note"] = note
-        if _BAD_PAIR_FIELD in npz.files:
-            row[_BAD_PAIR_FIELD] = bool(_scalar(npz, _BAD_PAIR_FIELD, path, "iub"))
+        if BAD_PAIR_FIELD in npz.files:
+            row[BAD_PAIR_FIELD] = bool(_scalar(npz, BAD_PAIR_FIELD, path, "iub"))
     return row
 
 
@@ -289,7 +281,7 @@ def _features(image_shape: tuple[int, int], with_bad_pair: bool) -> Any:
     }
     cols.update({attr: Value("int64") for attr in ATTRIBUTES})
     if with_bad_pair:
-        cols[_BAD_PAIR_FIELD] = Value("bool")
+        cols[BAD_PAIR_FIELD] = Value("bool")
     return Features(cols)
 
 
@@ -384,7 +376,7 @@ def _rows(
                     f"{path}: image shape {row['image'].shape} differs from "
                     f"{first['image'].shape} of {first['filename']}; a split must use one size"
                 )
-            if (_BAD_PAIR_FIELD in row) != (_BAD_PAIR_FIELD in first):
+            if (BAD_PAIR_FIELD in row) != (BAD_PAIR_FIELD in first):
                 raise ValueError(
                     f"{path}: field 'is_bad_pair' present in only some files of the split "
                     f"(compare {first['filename']})"
@@ -424,7 +416,7 @@ def load_fairvlmed(
     root: str | os.PathLike[str],
     split: str,
     *,
-    notes: str | os.PathLike[str] | None = "gpt-4_summarized_notes.csv",
+    notes: str | os.PathLike[str] | None = NOTES_FILENAMES[0],
     drop_unknown: bool | Sequence[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     keep_in_memory: bool = False,
@@ -502,7 +494,7 @@ def load_fairvlmed(
 
     # The first file fixes the schema (image shape, is_bad_pair); _rows checks the others.
     probe = _read_sample(files[0], note_map, notes_path)
-    features = _features(probe["image"].shape, _BAD_PAIR_FIELD in probe)
+    features = _features(probe["image"].shape, BAD_PAIR_FIELD in probe)
     names = list(features)
 
     if keep_in_memory:

@@ -34,7 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from fairvlm_lightning.data.fairvlmed import ATTRIBUTE_GROUPS, NOTES_FILENAMES
+from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder, warm_start_dual_encoder
+from fairvlm_lightning.schema import (
+    ATTRIBUTE_GROUPS,
+    ATTRIBUTES,
+    BAD_PAIR_FIELD,
+    CLASS_PROMPTS,
+    IMAGE_FIELD,
+    LABEL_FIELD,
+    NOTE_FIELD,
+    NOTES_FILENAMES,
+    SPLIT_FOLDERS,
+)
 
 __all__ = [
     "CACHE_ENV",
@@ -49,7 +60,7 @@ __all__ = [
 #: Samples per split when ``sizes`` is not given (FairVLMed's 7:1:2 split is 7,000/1,000/2,000).
 DEFAULT_SIZES: dict[str, int] = {"train": 2000, "val": 500, "test": 1000}
 #: Zero-shot class prompts of the paper's code; the tiny tokenizer is trained on them too.
-DEFAULT_PROMPTS: tuple[str, str] = ("A photo of non-glaucoma", "A photo of glaucoma")
+DEFAULT_PROMPTS: tuple[str, ...] = CLASS_PROMPTS
 
 #: Environment variable naming the cache folder of the synthetic data and tiny models.
 CACHE_ENV = "FAIRVLM_CACHE"
@@ -94,7 +105,7 @@ def expand_cache_path(path: str) -> str:
     return path
 
 
-_FOLDERS = {"train": "Training", "val": "Validation", "test": "Test"}
+_FOLDERS = {split: names[0] for split, names in SPLIT_FOLDERS.items()}
 #: Written last by :func:`ensure_synthetic_assets`: its presence means the folder is complete.
 SYNTHETIC_MARKER = ".fairvlm_synthetic.json"
 _MARKER = SYNTHETIC_MARKER
@@ -309,7 +320,7 @@ def _sample_split(
         language, _INFORMATIVE_LANGUAGE, 1.0, group_effect
     )
     informative = rng.random(n) < p_inf
-    params = {
+    params: dict[str, np.ndarray] = {
         "cdr": cdr,
         "disc_x": np.where(right_eye, _DISC_X, -_DISC_X) + rng.normal(0, _DISC_JITTER, n),
         "disc_y": rng.normal(0, _DISC_JITTER, n),
@@ -498,26 +509,23 @@ def write_synthetic_fairvlmed(
         for i in range(n):
             number += 1
             name = f"data_{number:05d}.npz"
-            np.savez(
-                d / name,
-                slo_fundus=s["images"][i],
-                glaucoma=np.array(s["label"][i], dtype=np.int64),
-                race=np.array(s["race"][i], dtype=np.int64),
-                gender=np.array(s["gender"][i], dtype=np.int64),
-                ethnicity=np.array(s["ethnicity"][i], dtype=np.int64),
-                language=np.array(s["language"][i], dtype=np.int64),
-                note=np.array(s["note"][i]),
-                is_bad_pair=np.array(s["is_bad_pair"][i], dtype=bool),
-                cdr=np.array(s["cdr"][i], dtype=np.float32),
-                age=np.array(age[i]),
-            )
+            fields: dict[str, Any] = {
+                IMAGE_FIELD: s["images"][i],
+                LABEL_FIELD: np.array(s["label"][i], dtype=np.int64),
+                **{a: np.array(s[a][i], dtype=np.int64) for a in ATTRIBUTES},
+                NOTE_FIELD: np.array(s["note"][i]),
+                BAD_PAIR_FIELD: np.array(s["is_bad_pair"][i], dtype=bool),
+                "cdr": np.array(s["cdr"][i], dtype=np.float32),
+                "age": np.array(age[i]),
+            }
+            np.savez(d / name, **fields)
             csv_rows.append([name, s["note"][i], s["summary"][i]])
             summary_rows.append(
                 [
                     name,
                     folder,
                     int(s["label"][i]),
-                    *(int(s[a][i]) for a in ATTRIBUTE_GROUPS),
+                    *(int(s[a][i]) for a in ATTRIBUTES),
                     f"{float(s['cdr'][i]):.4f}",
                     int(s["informative"][i]),
                     int(s["is_bad_pair"][i]),
@@ -533,11 +541,11 @@ def write_synthetic_fairvlmed(
             [
                 "filename",
                 "split",
-                "glaucoma",
-                *ATTRIBUTE_GROUPS,
+                LABEL_FIELD,
+                *ATTRIBUTES,
                 "cdr",
                 "informative_note",
-                "is_bad_pair",
+                BAD_PAIR_FIELD,
             ]
         )
         w.writerows(summary_rows)
@@ -561,8 +569,6 @@ def _settings(
     warm_start_steps: int,
 ) -> dict[str, Any]:
     """Normalised, JSON-comparable settings; unknown keyword names raise TypeError here."""
-    from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder
-
     data_sig = inspect.signature(write_synthetic_fairvlmed)
     bound = data_sig.bind_partial(seed=seed, **synthetic_kwargs)  # TypeError on unknown names
     if "overwrite" in bound.arguments:
@@ -607,8 +613,8 @@ def _train_texts_and_stats(root: Path) -> tuple[list[str], float, float]:
     names = set()
     for path in sorted(train.glob("*.npz")):
         with np.load(path, allow_pickle=False) as z:
-            img = z["slo_fundus"].astype(np.float64) / 255.0
-            texts.append(str(z["note"]))
+            img = z[IMAGE_FIELD].astype(np.float64) / 255.0
+            texts.append(str(z[NOTE_FIELD]))
         total += img.sum()
         total_sq += (img**2).sum()
         count += img.size
@@ -673,8 +679,6 @@ def ensure_synthetic_assets(
         'CLIPModel'
     """
     from filelock import FileLock
-
-    from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder, warm_start_dual_encoder
 
     root = Path(root)
     settings = _settings(seed, synthetic_kwargs, model_kwargs or {}, warm_start_steps)

@@ -20,10 +20,16 @@ import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from numpy import asarray as np_asarray
+
+from fairvlm_lightning.data.transforms import ImageTransform
+from fairvlm_lightning.encoders import DualEncoder
+
+if TYPE_CHECKING:
+    from transformers.image_processing_utils import ImageProcessingMixin
 
 __all__ = [
     "MODEL_PRESETS",
@@ -189,12 +195,14 @@ def train_note_tokenizer(
     )
 
 
-def _image_processor(image_size: int, mean: list[float], std: list[float]) -> object:
-    try:  # transformers >= 5: pick the PIL backend explicitly (no torchvision needed)
-        from transformers import CLIPImageProcessorPil as Processor
-    except ImportError:  # pragma: no cover - transformers 4.x
-        from transformers import CLIPImageProcessor as Processor
-    return Processor(
+def _image_processor(image_size: int, mean: list[float], std: list[float]) -> ImageProcessingMixin:
+    import transformers
+
+    # transformers >= 5: pick the PIL backend explicitly (no torchvision needed); 4.x has one
+    processor: type[ImageProcessingMixin] = getattr(
+        transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor
+    )
+    return processor(
         do_resize=True,
         size={"shortest_edge": image_size},
         resample=3,  # bicubic, as CLIP
@@ -341,11 +349,6 @@ def build_tiny_dual_encoder(
     return out
 
 
-def _features(output: Any) -> torch.Tensor:
-    """``get_*_features`` returns a tensor (transformers 4.x) or an output object (5.x)."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
 def warm_start_dual_encoder(
     model_dir: str | os.PathLike[str],
     images: Any,
@@ -395,8 +398,6 @@ def warm_start_dual_encoder(
     """
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    from fairvlm_lightning.data.datamodule import ImageTransform
-
     out = Path(model_dir)
     labels_t = torch.as_tensor(np_asarray(labels), dtype=torch.long)
     if steps < 0:
@@ -411,6 +412,7 @@ def warm_start_dual_encoder(
     if steps == 0 or len(labels_t) == 0:
         return out
     model = AutoModel.from_pretrained(out)
+    encoder = DualEncoder(model)
     tokenizer = AutoTokenizer.from_pretrained(out)
     transform = ImageTransform.from_processor(AutoImageProcessor.from_pretrained(out))
     pixels = transform.resize(np_asarray(images))
@@ -439,21 +441,13 @@ def warm_start_dual_encoder(
                     order, pos = torch.randperm(len(labels_t), generator=gen), 0
                 idx = order[pos : pos + batch_size]
                 pos += batch_size
-                img = _features(
-                    model.get_image_features(pixel_values=transform.normalize(pixels[idx]))
-                )
-                txt = _features(
-                    model.get_text_features(
-                        input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx]
-                    )
-                )
+                # L2-normalised embeddings, as training sees them.
+                img = encoder.encode_image(transform.normalize(pixels[idx]))
+                txt = encoder.encode_text(enc["input_ids"][idx], enc["attention_mask"][idx])
                 y = labels_t[idx]
-                loss = sum(
-                    torch.nn.functional.cross_entropy(
-                        head(torch.nn.functional.normalize(e, dim=-1)) * 10.0, y
-                    )
-                    for e in (img, txt)
-                )
+                loss = torch.nn.functional.cross_entropy(
+                    head(img) * 10.0, y
+                ) + torch.nn.functional.cross_entropy(head(txt) * 10.0, y)
                 loss.backward()
                 opt.step()
                 opt.zero_grad()

@@ -11,7 +11,12 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from fairvlm_lightning.metrics.functional._common import _check_not_empty
+from fairvlm_lightning.metrics.functional._common import (
+    _check_not_empty,
+    _group_confmat,
+    _group_format,
+    _group_tensor_validation,
+)
 
 
 class _SampleMetric(Metric):
@@ -75,6 +80,24 @@ class _SampleMetric(Metric):
         super()._sync_dist(dist_sync_fn, process_group)
 
 
+class _GroupSampleMetric(_SampleMetric):
+    """A sample-state metric of one attribute: the one ``update`` of GroupAUROC, ES-AUC, ...
+
+    A subclass sets ``num_groups``, ``ignore_index`` and ``validate_args`` in its ``__init__``
+    and implements ``compute`` on :meth:`_samples`.
+    """
+
+    num_groups: int
+    ignore_index: int
+    validate_args: bool
+
+    def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
+        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape."""
+        if self.validate_args:
+            _group_tensor_validation(preds, target, groups, self.num_groups, self.ignore_index)
+        self._append(*_group_format(preds, target, groups, self.ignore_index))
+
+
 class _ConfmatMetric(Metric):
     """A metric whose state is one confusion matrix per group, summed across processes.
 
@@ -94,3 +117,19 @@ class _ConfmatMetric(Metric):
             default=torch.zeros(num_groups + 1, 2, 2, dtype=torch.long),
             dist_reduce_fx="sum",
         )
+
+    num_groups: int
+    ignore_index: int
+    validate_args: bool
+    threshold: float
+
+    def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
+        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape.
+
+        A subclass sets ``num_groups``, ``threshold``, ``ignore_index`` and ``validate_args`` in
+        its ``__init__`` and implements ``compute`` on :attr:`confmat`.
+        """
+        if self.validate_args:
+            _group_tensor_validation(preds, target, groups, self.num_groups, self.ignore_index)
+        preds, target, groups = _group_format(preds, target, groups, self.ignore_index)
+        self.confmat += _group_confmat(preds, target, groups, self.num_groups, self.threshold)

@@ -8,18 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fairvlm_lightning.metrics._base import _SampleMetric
+from fairvlm_lightning.metrics._base import _GroupSampleMetric
 from fairvlm_lightning.metrics.functional.auroc import (
     _group_auroc_arg_validation,
     _group_auroc_compute,
-    _group_auroc_format,
-    _group_auroc_tensor_validation,
 )
 
 __all__ = ["GroupAUROC"]
 
 
-class GroupAUROC(_SampleMetric):
+class GroupAUROC(_GroupSampleMetric):
     """ROC AUC within each group of a protected attribute, accumulated over batches.
 
     Entry ``g`` of :meth:`compute` is ``roc_auc_score`` of the samples whose group id is ``g``
@@ -57,14 +55,6 @@ class GroupAUROC(_SampleMetric):
         self.num_groups = num_groups
         self.ignore_index = ignore_index
         self.validate_args = validate_args
-
-    def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
-        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape."""
-        if self.validate_args:
-            _group_auroc_tensor_validation(
-                preds, target, groups, self.num_groups, self.ignore_index
-            )
-        self._append(*_group_auroc_format(preds, target, groups, self.ignore_index))
 
     def compute(self) -> Tensor:
         """Return the ``(num_groups,)`` float64 tensor of group AUCs (NaN where undefined)."""

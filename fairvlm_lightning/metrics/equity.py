@@ -7,15 +7,10 @@ from typing import Any
 
 from torch import Tensor
 
-from fairvlm_lightning.metrics._base import _ConfmatMetric, _SampleMetric
-from fairvlm_lightning.metrics.functional.auroc import (
-    _group_auroc_format,
-    _group_auroc_tensor_validation,
-)
+from fairvlm_lightning.metrics._base import _ConfmatMetric, _GroupSampleMetric
 from fairvlm_lightning.metrics.functional.equity import (
     _equity_scaled_accuracy_arg_validation,
     _equity_scaled_accuracy_compute,
-    _equity_scaled_accuracy_update,
     _equity_scaled_auroc_arg_validation,
     _equity_scaled_auroc_compute,
 )
@@ -23,7 +18,7 @@ from fairvlm_lightning.metrics.functional.equity import (
 __all__ = ["EquityScaledAUROC", "EquityScaledAccuracy"]
 
 
-class EquityScaledAUROC(_SampleMetric):
+class EquityScaledAUROC(_GroupSampleMetric):
     """Equity-scaled AUC ``AUC / (1 + alpha * sum_g |AUC_g - AUC|)``, accumulated over batches.
 
     ``AUC`` covers every sample (unknown group members included), ``AUC_g`` the members of group
@@ -66,14 +61,6 @@ class EquityScaledAUROC(_SampleMetric):
         self.alpha = float(alpha)
         self.ignore_index = ignore_index
         self.validate_args = validate_args
-
-    def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
-        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape."""
-        if self.validate_args:
-            _group_auroc_tensor_validation(
-                preds, target, groups, self.num_groups, self.ignore_index
-            )
-        self._append(*_group_auroc_format(preds, target, groups, self.ignore_index))
 
     def compute(self) -> Tensor:
         """Return the scalar float64 ES-AUC."""
@@ -134,17 +121,6 @@ class EquityScaledAccuracy(_ConfmatMetric):
         self.alpha = float(alpha)
         self.ignore_index = ignore_index
         self.validate_args = validate_args
-
-    def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
-        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape."""
-        if self.validate_args:
-            _group_auroc_tensor_validation(
-                preds, target, groups, self.num_groups, self.ignore_index
-            )
-        preds, target, groups = _group_auroc_format(preds, target, groups, self.ignore_index)
-        self.confmat += _equity_scaled_accuracy_update(
-            preds, target, groups, self.num_groups, self.threshold
-        )
 
     def compute(self) -> Tensor:
         """Return the scalar float64 ES-Acc."""

@@ -8,15 +8,10 @@ from typing import Any
 from torch import Tensor
 
 from fairvlm_lightning.metrics._base import _ConfmatMetric
-from fairvlm_lightning.metrics.functional.auroc import (
-    _group_auroc_format,
-    _group_auroc_tensor_validation,
-)
 from fairvlm_lightning.metrics.functional.parity import (
     _demographic_parity_compute,
     _equalized_odds_compute,
     _parity_arg_validation,
-    _parity_update,
 )
 
 __all__ = ["DemographicParityDifference", "EqualizedOddsDifference"]
@@ -42,15 +37,6 @@ class _ParityMetric(_ConfmatMetric):
         self.threshold = float(threshold)
         self.ignore_index = ignore_index
         self.validate_args = validate_args
-
-    def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
-        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape."""
-        if self.validate_args:
-            _group_auroc_tensor_validation(
-                preds, target, groups, self.num_groups, self.ignore_index
-            )
-        preds, target, groups = _group_auroc_format(preds, target, groups, self.ignore_index)
-        self.confmat += _parity_update(preds, target, groups, self.num_groups, self.threshold)
 
     def plot(
         self, val: Tensor | Sequence[Tensor] | None = None, ax: Any | None = None

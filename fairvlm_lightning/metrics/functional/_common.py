@@ -21,6 +21,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fairvlm_lightning.validation import check_integer_ids
+
 _UNKNOWN = -1  # internal id of samples whose group is ``ignore_index``
 _INT64_MAGNITUDE = 0x7FFF_FFFF_FFFF_FFFF
 
@@ -125,8 +127,7 @@ def _groups_validation(
     """Check type, shape and range of one tensor of group ids."""
     if not isinstance(groups, Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(groups).__name__}")
-    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
-        raise TypeError(f"`{name}` must hold integer group ids, got dtype {groups.dtype}")
+    check_integer_ids(groups, f"`{name}`")
     if groups.shape != shape:
         raise ValueError(
             f"shape mismatch: `{name}` has shape {tuple(groups.shape)} but `preds` has shape "
@@ -156,6 +157,22 @@ def _format_groups(groups: Tensor, ignore_index: int) -> Tensor:
         groups = groups.to(torch.int64)
         groups = torch.where(groups == ignore_index, _UNKNOWN, groups)
     return groups.to(torch.int32)
+
+
+def _group_tensor_validation(
+    preds: Tensor, target: Tensor, groups: Tensor, num_groups: int, ignore_index: int
+) -> None:
+    """Check scores, labels and one attribute's group ids (every single-attribute metric)."""
+    _preds_target_validation(preds, target)
+    _groups_validation(groups, preds.shape, num_groups, ignore_index)
+
+
+def _group_format(
+    preds: Tensor, target: Tensor, groups: Tensor, ignore_index: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat float64 scores, uint8 labels and int32 group ids (unknown = ``-1``)."""
+    preds, target = _format_preds_target(preds, target)
+    return preds, target, _format_groups(groups, ignore_index)
 
 
 def _check_not_empty(n: int, what: str = "the metric") -> None:

@@ -10,9 +10,9 @@ from fairvlm_lightning.metrics.functional._common import (
     _auroc_from_sorted,
     _check_not_empty,
     _fairness_arg_validation,
-    _format_groups,
     _format_preds_target,
-    _groups_validation,
+    _group_format,
+    _group_tensor_validation,
     _preds_target_validation,
     _sort_scores,
 )
@@ -78,20 +78,6 @@ def _group_auroc_arg_validation(num_groups: int, ignore_index: int = -1) -> None
     _fairness_arg_validation(num_groups, ignore_index)
 
 
-def _group_auroc_tensor_validation(
-    preds: Tensor, target: Tensor, groups: Tensor, num_groups: int, ignore_index: int
-) -> None:
-    _preds_target_validation(preds, target)
-    _groups_validation(groups, preds.shape, num_groups, ignore_index)
-
-
-def _group_auroc_format(
-    preds: Tensor, target: Tensor, groups: Tensor, ignore_index: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    preds, target = _format_preds_target(preds, target)
-    return preds, target, _format_groups(groups, ignore_index)
-
-
 def _group_auroc_compute(
     preds: Tensor, target: Tensor, groups: Tensor, num_groups: int
 ) -> tuple[Tensor, Tensor]:
@@ -147,6 +133,6 @@ def group_auroc(
     """
     if validate_args:
         _group_auroc_arg_validation(num_groups, ignore_index)
-        _group_auroc_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_auroc_format(preds, target, groups, ignore_index)
+        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
+    preds, target, groups = _group_format(preds, target, groups, ignore_index)
     return _group_auroc_compute(preds, target, groups, num_groups)[1]

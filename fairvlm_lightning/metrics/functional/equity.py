@@ -11,11 +11,11 @@ from fairvlm_lightning.metrics.functional._common import (
     _check_not_empty,
     _fairness_arg_validation,
     _group_confmat,
+    _group_format,
+    _group_tensor_validation,
 )
 from fairvlm_lightning.metrics.functional.auroc import (
     _group_auroc_compute,
-    _group_auroc_format,
-    _group_auroc_tensor_validation,
 )
 
 __all__ = ["equity_scaled_accuracy", "equity_scaled_auroc"]
@@ -99,8 +99,8 @@ def equity_scaled_auroc(
     """
     if validate_args:
         _equity_scaled_auroc_arg_validation(num_groups, alpha, ignore_index)
-        _group_auroc_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_auroc_format(preds, target, groups, ignore_index)
+        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
+    preds, target, groups = _group_format(preds, target, groups, ignore_index)
     return _equity_scaled_auroc_compute(preds, target, groups, num_groups, alpha)
 
 
@@ -111,13 +111,6 @@ def _equity_scaled_accuracy_arg_validation(
     num_groups: int, threshold: float, alpha: float, ignore_index: int
 ) -> None:
     _fairness_arg_validation(num_groups, ignore_index, threshold=threshold, alpha=alpha)
-
-
-def _equity_scaled_accuracy_update(
-    preds: Tensor, target: Tensor, groups: Tensor, num_groups: int, threshold: float
-) -> Tensor:
-    """Confusion matrices ``(num_groups + 1, 2, 2)``; the last row holds unknown members."""
-    return _group_confmat(preds, target, groups, num_groups, threshold)
 
 
 def _equity_scaled_accuracy_compute(confmat: Tensor, alpha: float) -> Tensor:
@@ -171,7 +164,7 @@ def equity_scaled_accuracy(
     """
     if validate_args:
         _equity_scaled_accuracy_arg_validation(num_groups, threshold, alpha, ignore_index)
-        _group_auroc_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_auroc_format(preds, target, groups, ignore_index)
-    confmat = _equity_scaled_accuracy_update(preds, target, groups, num_groups, threshold)
+        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
+    preds, target, groups = _group_format(preds, target, groups, ignore_index)
+    confmat = _group_confmat(preds, target, groups, num_groups, threshold)
     return _equity_scaled_accuracy_compute(confmat, alpha)

@@ -10,11 +10,9 @@ from fairvlm_lightning.metrics.functional._common import (
     _check_not_empty,
     _fairness_arg_validation,
     _group_confmat,
+    _group_format,
+    _group_tensor_validation,
     _nan_tensor,
-)
-from fairvlm_lightning.metrics.functional.auroc import (
-    _group_auroc_format,
-    _group_auroc_tensor_validation,
 )
 
 __all__ = ["demographic_parity_difference", "equalized_odds_difference"]
@@ -22,16 +20,6 @@ __all__ = ["demographic_parity_difference", "equalized_odds_difference"]
 
 def _parity_arg_validation(num_groups: int, threshold: float, ignore_index: int) -> None:
     _fairness_arg_validation(num_groups, ignore_index, threshold=threshold)
-
-
-def _parity_update(
-    preds: Tensor, target: Tensor, groups: Tensor, num_groups: int, threshold: float
-) -> Tensor:
-    """Confusion matrices ``(num_groups + 1, 2, 2)`` indexed ``[group, y, y_hat]``.
-
-    The last row holds members of unknown group; the parity metrics ignore it.
-    """
-    return _group_confmat(preds, target, groups, num_groups, threshold)
 
 
 def _spread(values: Tensor) -> Tensor:
@@ -122,9 +110,9 @@ def demographic_parity_difference(
     """
     if validate_args:
         _parity_arg_validation(num_groups, threshold, ignore_index)
-        _group_auroc_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_auroc_format(preds, target, groups, ignore_index)
-    confmat = _parity_update(preds, target, groups, num_groups, threshold)
+        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
+    preds, target, groups = _group_format(preds, target, groups, ignore_index)
+    confmat = _group_confmat(preds, target, groups, num_groups, threshold)
     return _demographic_parity_compute(confmat)
 
 
@@ -177,7 +165,7 @@ def equalized_odds_difference(
     """
     if validate_args:
         _parity_arg_validation(num_groups, threshold, ignore_index)
-        _group_auroc_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_auroc_format(preds, target, groups, ignore_index)
-    confmat = _parity_update(preds, target, groups, num_groups, threshold)
+        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
+    preds, target, groups = _group_format(preds, target, groups, ignore_index)
+    confmat = _group_confmat(preds, target, groups, num_groups, threshold)
     return _equalized_odds_compute(confmat)
