@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,37 @@ def _sklearn_test_auc(ckpt: str, root: Path, synthetic_kwargs: dict) -> float:
     return float(roc_auc_score(torch.cat(labels).numpy(), torch.cat(scores).numpy()))
 
 
+def _check_dbpm_line(out: str, last_ckpt: Path, root: Path, synthetic_kwargs: dict) -> None:
+    """The printed DBPM numbers are the last epoch's flags (checkpointed callback state) scored
+    against the data's own ``is_bad_pair`` column; and DBPM flagged something."""
+    number = r"(\d+(?:\.\d+)?)"
+    match = re.search(
+        rf"\nDBPM: {number} faulty \+ {number} noisy pairs flagged; {number} of the {number} "
+        rf"pairs flagged faulty are true bad pairs \(precision +(\S+), recall +(\S+) of {number}\)",
+        out,
+    )
+    assert match, out
+    faulty, noisy, hits, faulty_again, precision, recall, bad = match.groups()
+    state = torch.load(last_ckpt, weights_only=False)["callbacks"]["DynamicBadPairMining"]
+    flags = state["miner"]["flags"]
+    dm = FairVLMedDataModule(str(root), synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    dm.setup("fit")
+    truth = torch.as_tensor(np.asarray(dm.datasets["train"]["is_bad_pair"])).bool()
+    assert truth.shape == flags.shape and truth.any()
+    # the callback scores the pairs with a loss history (seen in a finished epoch)
+    seen = state["miner"]["history_count"] > 0
+    assert 0 < int(seen.sum()) < len(seen)  # 3 batches of 16 of 96 pairs per epoch
+    is_faulty = flags == 2
+    assert int(faulty) + int(noisy) > 0, "DBPM flagged nothing after its warm-up"
+    assert int(faulty) == int(faulty_again) == int(is_faulty.sum())
+    assert int(noisy) == int((flags == 1).sum())
+    assert int(hits) == int((is_faulty & truth & seen).sum())
+    assert int(bad) == int((truth & seen).sum())
+    if int(faulty):
+        assert float(precision) == pytest.approx(int(hits) / int(faulty), abs=5e-4)
+    assert float(recall) == pytest.approx(int(hits) / int(bad), abs=5e-4)
+
+
 def test_readme_fit_command_then_test(
     synthetic_root: Path,
     synthetic_kwargs: dict,
@@ -92,13 +124,14 @@ def test_readme_fit_command_then_test(
         "--trainer.enable_progress_bar",
         "false",
     ]
-    main(["fit", *args, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3"])
+    # 3 epochs: the config's 2 warm-up epochs, then one with flags
+    main(["fit", *args, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "3"])
     out = capsys.readouterr().out
     assert "attribute  AUC    ES-AUC  DPD    DEOdds  group AUCs" in out
     for attr in ("race", "gender", "ethnicity", "language"):
         assert f"\n{attr} " in out
-    assert re.search(r"\nDBPM: \d+ faulty \+ \d+ noisy pairs flagged; 0 of the 0 pairs", out)
     run = tmp_path / "runs" / "synthetic_robust_fair" / "version_0"
+    _check_dbpm_line(out, run / "checkpoints" / "last.ckpt", synthetic_root, synthetic_kwargs)
     assert "logs:       runs/synthetic_robust_fair/version_0" in out
     assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
     fit_metrics = json.loads((run / "test_metrics.json").read_text())
@@ -190,12 +223,17 @@ def test_help_and_table_errors(capsys: pytest.CaptureFixture[str]) -> None:
 def test_seed_everything_seeds_the_data_unless_data_seed_is_given(
     synthetic_root: Path, synthetic_kwargs: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = ["--config", str(CONFIGS / "synthetic_clip.yaml"), *_overrides(synthetic_root,
-                                                                           synthetic_kwargs)]
+    base = [
+        "--config",
+        str(CONFIGS / "synthetic_clip.yaml"),
+        *_overrides(synthetic_root, synthetic_kwargs),
+    ]
     cli = FairVLMCLI(args=[*base, "--seed_everything", "3"], run=False)
     assert cli.datamodule.seed == 3 and cli.datamodule.hparams["seed"] == 3
     assert cli.seeds == {
-        "seed_everything": 3, "data.seed": 3, "data.seed_source": "seed_everything"
+        "seed_everything": 3,
+        "data.seed": 3,
+        "data.seed_source": "seed_everything",
     }
     assert "seeds: seed_everything=3, data.seed=3 (from seed_everything)" in capsys.readouterr().out
     cli = FairVLMCLI(args=[*base, "--seed_everything", "3", "--data.seed", "7"], run=False)
@@ -216,8 +254,13 @@ def test_balanced_config_balances_race(synthetic_root: Path, synthetic_kwargs: d
     from fairvlm_lightning.data import GroupBalancedSampler
 
     cli = FairVLMCLI(
-        args=["--config", str(CONFIGS / "synthetic_clip_balanced.yaml"),
-              *_overrides(synthetic_root, synthetic_kwargs), "--seed_everything", "5"],
+        args=[
+            "--config",
+            str(CONFIGS / "synthetic_clip_balanced.yaml"),
+            *_overrides(synthetic_root, synthetic_kwargs),
+            "--seed_everything",
+            "5",
+        ],
         run=False,
     )
     assert cli.datamodule.balance_attribute == "race" and cli.model.fairness_weight == 0

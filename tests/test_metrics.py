@@ -397,7 +397,7 @@ def test_metric_declarations_and_kwargs_forwarding():
     ]
     for metric in sample_metrics + confmat_metrics:
         assert metric.full_state_update is False and metric.is_differentiable is False
-        assert metric._reductions  # every state declares its reduction
+        assert set(metric._reductions) == set(metric._defaults)  # every state declares one
     for metric in sample_metrics:
         assert set(metric._reductions) == {"preds", "target", "groups"}
         assert all(fx is dim_zero_cat for fx in metric._reductions.values())
@@ -412,6 +412,41 @@ def test_metric_declarations_and_kwargs_forwarding():
     assert GroupAUROC(3, sync_on_compute=False).sync_on_compute is False
     with pytest.raises(ValueError, match="Unexpected keyword arguments"):
         DemographicParityDifference(2, not_a_torchmetrics_kwarg=1)
+
+
+def test_states_merge_by_their_declared_reductions():
+    """What the reductions do: states filled on two halves and merged (torchmetrics applies each
+    state's ``dist_reduce_fx``, as a sync does) give the references on all the data."""
+    warnings.simplefilter("ignore", UserWarning)  # group 2 has one class; its AUC is undefined
+    p, y, g = make_case(300, 3, 5, single_class_group=2)
+    gender = np.random.default_rng(5).integers(-1, 2, len(p))
+    groups = {"race": g, "gender": gender}
+    attributes = {"race": 3, "gender": 2}
+    p32 = torch.tensor(p, dtype=torch.float32)
+    pd = p32.double().numpy()
+    auc = roc_auc_score(y, pd)
+    race_aucs = ref_group_auc(pd, y, g, 3)
+    refs = {
+        GroupAUROC: race_aucs,
+        EquityScaledAUROC: ref_es(auc, race_aucs, 1.0),
+        EquityScaledAccuracy: ref_es(
+            accuracy_score(y, pd >= 0.5), ref_group_acc(pd, y, g, 3, 0.5), 1.0
+        ),
+        DemographicParityDifference: ref_dpd(pd, y, g, 0.5),
+        EqualizedOddsDifference: ref_deodds(pd, y, g, 0.5),
+    }
+    halves = (slice(0, 110), slice(110, None))
+    for cls, ref in refs.items():
+        parts = [cls(3) for _ in halves]
+        for metric, h in zip(parts, halves, strict=True):
+            metric.update(p32[h], t(y[h]), t(g[h]))
+        parts[0].merge_state(parts[1])
+        np.testing.assert_allclose(parts[0].compute().numpy(), ref, atol=1e-9, err_msg=cls.__name__)
+    parts = [FairnessMetrics(attributes) for _ in halves]
+    for metric, h in zip(parts, halves, strict=True):
+        metric.update(p32[h], t(y[h]), {k: t(v[h]) for k, v in groups.items()})
+    parts[0].merge_state(parts[1])
+    assert_report_close(parts[0].compute(), ref_report(pd, y, groups, attributes))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -554,6 +589,16 @@ def test_group_auroc_plot():
     np.testing.assert_allclose(lines, [[0.6, 0.65], [0.7, 0.75], [0.8, 0.85]], atol=1e-6)
     plt.close(fig)
     fig, ax = EquityScaledAUROC(2).plot(torch.tensor(0.5))  # scalar metrics: torchmetrics plot
+    (point,) = ax.get_lines()
+    assert list(point.get_ydata()) == [0.5] and ax.get_ylabel() == "EquityScaledAUROC"
+    bounds = sorted(seg[0, 1] for seg in ax.collections[0].get_segments())
+    assert bounds == [0.0, 1.0]  # plot_lower_bound / plot_upper_bound drawn as lines
+    assert [text.get_text() for text in ax.texts] == ["Optimal \n value"]  # higher is better
+    plt.close(fig)
+    fig, ax = DemographicParityDifference(2).plot([torch.tensor(0.3), torch.tensor(0.1)])
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), [0.3, 0.1], atol=1e-7)
+    assert ax.get_xlabel() == "Step" and ax.get_ylabel() == "DemographicParityDifference"
     plt.close(fig)
     with pytest.raises(ValueError, match="group_names"):
         metric.plot(group_names=["a"])

@@ -166,22 +166,36 @@ def test_geomloss_p2_tends_to_half_w2_and_gradients_agree():
     assert cosines[1] > 0.95 and cosines[2] > 0.995  # measured 0.974 / 0.998
 
 
-def test_shift_gives_half_c_squared_both_backends():
-    # A group that is the rest of the batch shifted by c: group vs batch has a closed form only
-    # through exact1d; check GeomLoss against it on a pure two-sample shift instead.
-    x = torch.linspace(0, 1, 16)
-    for c in (0.5, 1.0):
-        values = torch.cat([x, x + c])
-        groups = {"a": torch.cat([torch.zeros(16), torch.ones(16)]).long()}
-        exact = quantile_transport_cost(x, x + c).item()
-        assert exact == pytest.approx(0.5 * c * c, rel=1e-6)
-        geom = SamplesLoss("sinkhorn", p=2, blur=1e-3, scaling=0.99, debias=True, diameter=2.0)(
-            x.unsqueeze(-1), (x + c).unsqueeze(-1)
-        ).item()
-        assert geom == pytest.approx(0.5 * c * c, rel=1e-2)  # cost |x-y|^2/2: S_0 = W2^2/2
-        terms = SinkhornFairnessLoss(backend="exact1d")(values, groups, return_terms=True)[1]
-        ref0 = quantile_transport_cost(x, values).item()
-        assert terms["a/0"].item() == pytest.approx(ref0, rel=1e-6)
+@pytest.mark.parametrize("c", [0.5, 1.0])
+def test_shift_both_backends_against_independent_references(c):
+    # A group that is the rest of the batch shifted by c. GeomLoss itself: the two-sample shift
+    # has the closed form S_0 = W2^2 / 2 = c^2 / 2 (cost |x-y|^2 / 2).
+    x = torch.linspace(0, 1, 16, dtype=torch.float64)
+    geom = SamplesLoss("sinkhorn", p=2, blur=1e-3, scaling=0.99, debias=True, diameter=2.0)(
+        x.unsqueeze(-1), (x + c).unsqueeze(-1)
+    ).item()
+    assert geom == pytest.approx(0.5 * c * c, rel=1e-2)
+    values = torch.cat([x, x + c])
+    groups = {"a": torch.cat([torch.zeros(16), torch.ones(16)]).long()}
+    v = values.numpy()
+    lp = {f"a/{g}": _lp_half_w2(v[16 * g : 16 * (g + 1)], v) for g in (0, 1)}  # linprog
+    # exact1d: the optimal transport cost of each group vs the batch, a linear program
+    total, terms = SinkhornFairnessLoss(backend="exact1d")(values, groups, return_terms=True)
+    assert sorted(terms) == sorted(lp)
+    for name, ref in lp.items():
+        assert ref > 0.01 and terms[name].item() == pytest.approx(ref, rel=1e-9)
+    assert total.item() == pytest.approx(sum(lp.values()), rel=1e-9)
+    # geomloss: one plain SamplesLoss call per group (same blur/scaling), and near the LP value
+    blur, scaling = 1e-3, 0.99
+    total, terms = SinkhornFairnessLoss(backend="geomloss", blur=blur, scaling=scaling)(
+        values, groups, return_terms=True
+    )
+    ref = _direct_geomloss(values, groups, blur, scaling)
+    assert sorted(terms) == sorted(ref)
+    for name in ref:
+        assert terms[name].item() == pytest.approx(ref[name].item(), rel=1e-10)
+        assert terms[name].item() == pytest.approx(lp[name], rel=1e-3)  # 1e-5 measured
+    assert total.item() == pytest.approx(sum(r.item() for r in ref.values()), rel=1e-10)
 
 
 @pytest.mark.parametrize("backend", ["geomloss", "exact1d"])

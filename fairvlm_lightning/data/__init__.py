@@ -11,6 +11,7 @@ from fairvlm_lightning.data.sampling import (
     EpochShuffleSampler,
     GroupBalancedSampler,
     ResumableDataLoader,
+    UnpaddedDistributedSampler,
 )
 from fairvlm_lightning.data.synthetic import (
     DEFAULT_PROMPTS,
@@ -36,6 +37,7 @@ __all__ = [
     "GroupBalancedSampler",
     "ImageTransform",
     "ResumableDataLoader",
+    "UnpaddedDistributedSampler",
     "build_tiny_dual_encoder",
     "ensure_synthetic_assets",
     "load_fairvlmed",

@@ -28,6 +28,7 @@ from fairvlm_lightning.data.sampling import (
     EpochShuffleSampler,
     GroupBalancedSampler,
     ResumableDataLoader,
+    UnpaddedDistributedSampler,
 )
 from fairvlm_lightning.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_assets
 from fairvlm_lightning.data.transforms import ImageTransform
@@ -482,13 +483,21 @@ class FairVLMedDataModule(LightningDataModule):
             sampler = EpochShuffleSampler(len(ds), seed=self.seed)
         return self._loader("train", self.batch_size, sampler, cls=ResumableDataLoader)
 
+    def _eval_sampler(self, split: str) -> UnpaddedDistributedSampler | None:
+        """Under a multi-process trainer: this rank's shard of ``split``, without padding."""
+        trainer = getattr(self, "trainer", None)
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if not kwargs or kwargs["num_replicas"] <= 1:
+            return None
+        return UnpaddedDistributedSampler(self.split_dataset(split), **kwargs)
+
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in file order."""
-        return self._loader("val", self.eval_batch_size)
+        """Validation batches in file order (under DDP each rank a shard, none repeated)."""
+        return self._loader("val", self.eval_batch_size, self._eval_sampler("val"))
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches in file order."""
-        return self._loader("test", self.eval_batch_size)
+        """Test batches in file order (under DDP each rank a shard, none repeated)."""
+        return self._loader("test", self.eval_batch_size, self._eval_sampler("test"))
 
     def predict_dataloader(self) -> DataLoader:
         """The test split, for ``Trainer.predict``."""

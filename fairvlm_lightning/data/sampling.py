@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -108,6 +109,54 @@ class GroupBalancedSampler(Sampler[int]):
         gen.manual_seed(self.seed + self.epoch)
         draws = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=gen)
         return iter(draws.tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Shard ``range(len(dataset))`` over the ranks in order, each sample exactly once.
+
+    ``torch``'s :class:`~torch.utils.data.distributed.DistributedSampler` (which Lightning
+    injects under DDP) pads the shards to equal length by repeating samples, so a metric that
+    gathers every score (AUROC, the equity-scaled and parity metrics) counts those samples twice
+    and two processes disagree with one. Here rank ``r`` of ``R`` takes the indices
+    ``r, r + R, r + 2R, ...`` and the shards differ in length by at most one; nothing is repeated
+    or dropped, so synced metrics equal the single-process values. Lightning leaves a loader whose
+    sampler is a ``DistributedSampler`` as it is, so this one is kept. Evaluation only: under DDP
+    training every rank must run the same number of steps.
+
+    Args:
+        dataset: the dataset (only its length is used).
+        num_replicas: number of ranks (default: the process group's world size).
+        rank: this process's rank (default: the process group's rank).
+
+    Raises:
+        ValueError: fewer samples than ranks (a rank without a batch would never log, and
+            Lightning's epoch-end sync of the logged values would wait for it forever).
+
+    Example:
+        >>> shards = [list(UnpaddedDistributedSampler(range(7), num_replicas=2, rank=r))
+        ...           for r in range(2)]
+        >>> shards
+        [[0, 2, 4, 6], [1, 3, 5]]
+    """
+
+    def __init__(
+        self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+        n = len(dataset)
+        if 0 < n < self.num_replicas:
+            raise ValueError(
+                f"cannot shard {n} samples over {self.num_replicas} processes without an empty "
+                "rank; evaluate on fewer devices or on more samples"
+            )
+        self.num_samples = len(range(self.rank, n, self.num_replicas))
+        self.total_size = n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
 
     def __len__(self) -> int:
         return self.num_samples
