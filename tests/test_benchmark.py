@@ -108,15 +108,17 @@ def test_sweep_variants(tmp_path: Path) -> None:
 
 
 def test_sweep_table_includes_the_shipped_default_and_chooses_on_val() -> None:
-    from fairvlm_lightning.benchmark import _sweep_table, make_variants, render_markdown
+    from fairvlm_lightning.benchmark import _read_yaml, _sweep_table, make_variants, render_markdown
 
-    variants = make_variants(["synthetic_clip", "synthetic_fairclip"], fairness_weights=[0.01, 1.0])
-    # val ES-AUC is highest for the config's own lambda (0.1); test ES-AUC for lambda=1, which
+    variants = make_variants(["synthetic_clip", "synthetic_fairclip"], fairness_weights=[0.01, 5.0])
+    default = _read_yaml(CONFIGS / "synthetic_fairclip.yaml")["model"]["fairness_weight"]
+    assert 0.01 < default < 5.0
+    # val ES-AUC is highest for the config's own lambda; test ES-AUC for lambda=5, which
     # must not drive the choice
     val = {"synthetic_clip": 0.70, "synthetic_fairclip": 0.80,
-           "synthetic_fairclip_lambda0.01": 0.75, "synthetic_fairclip_lambda1": 0.78}
+           "synthetic_fairclip_lambda0.01": 0.75, "synthetic_fairclip_lambda5": 0.78}
     test = {"synthetic_clip": 0.70, "synthetic_fairclip": 0.72,
-            "synthetic_fairclip_lambda0.01": 0.71, "synthetic_fairclip_lambda1": 0.90}
+            "synthetic_fairclip_lambda0.01": 0.71, "synthetic_fairclip_lambda5": 0.90}
     def row(value: float, step: float, s: int, auc: float) -> dict[str, float]:
         return {"auc": auc, **{f"{a}/es_auc": value + step * s for a in ATTRS}}
 
@@ -125,10 +127,10 @@ def test_sweep_table_includes_the_shipped_default_and_chooses_on_val() -> None:
             for v in val for s in (0, 1, 2)]
     summary = summarise(runs, baseline="synthetic_clip")
     (sweep,) = _sweep_table(variants, summary)
-    assert sweep["config"] == "synthetic_fairclip" and sweep["default"] == 0.1
-    assert [r["lambda"] for r in sweep["points"]] == [0.01, 0.1, 1.0]
+    assert sweep["config"] == "synthetic_fairclip" and sweep["default"] == default
+    assert [r["lambda"] for r in sweep["points"]] == [0.01, default, 5.0]
     assert [r["default"] for r in sweep["points"]] == [False, True, False]
-    assert sweep["chosen_on_val"] == 0.1
+    assert sweep["chosen_on_val"] == default
     top = sweep["points"][2]
     assert top["test_es_auc"] == pytest.approx(0.92)  # 0.90 + mean(0, 0.02, 0.04)
     # the paired difference against CLIP: per seed 0.20 + 0.02 s, a t interval around 0.22
@@ -137,8 +139,8 @@ def test_sweep_table_includes_the_shipped_default_and_chooses_on_val() -> None:
     md = render_markdown({"summary": summary, "seeds": [0, 1, 2], "date": "d",
                           "variants": [{"name": v.name, "sweep": v.sweep} for v in variants],
                           "sweeps": [sweep], "runs": runs, "total_run_seconds": 0.0}, {})
-    assert "lambda = 0.1 (the shipped default)" in md
-    assert "| 0.1 (default) **(chosen)** |" in md
+    assert f"lambda = {default:g} (the shipped default)" in md
+    assert f"| {default:g} (default) **(chosen)** |" in md
 
 
 ATTRS = ("race", "gender", "ethnicity", "language")
