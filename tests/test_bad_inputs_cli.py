@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch import Trainer
+from synthetic_args import synthetic_overrides
 
 from fairvlm_lightning.cli import FairVLMCLI, claim_version, main
 
@@ -41,16 +42,7 @@ def _args(name: str, root: Path, kwargs: dict[str, Any], *extra: str) -> list[st
     return [
         "--config",
         str(CONFIGS / name),
-        "--data.root",
-        str(root),
-        "--data.synthetic_kwargs",
-        json.dumps(kwargs),
-        "--model.model",
-        str(root / "tiny_model"),
-        "--data.batch_size",
-        "16",
-        "--data.eval_batch_size",
-        "48",
+        *synthetic_overrides(root, kwargs, eval_batch_size=48),
         "--trainer.enable_progress_bar",
         "false",
         "--trainer.enable_model_summary",

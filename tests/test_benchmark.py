@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
+from synthetic_args import synthetic_overrides
 
 from fairvlm_lightning.benchmark import (
     paired_t_interval,
@@ -27,16 +28,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
 @pytest.fixture(autouse=True)
 def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["fairvlm"])
-
-
-def _fit_args(root: Path, synthetic_kwargs: dict) -> list[str]:
-    return [
-        "--data.root", str(root),
-        "--data.synthetic_kwargs", json.dumps(synthetic_kwargs),
-        "--model.model", str(root / "tiny_model"),
-        "--data.batch_size", "16",
-        "--data.eval_batch_size", "64",
-    ]
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 30])
@@ -152,7 +143,7 @@ def test_tiny_benchmark_end_to_end_and_resume(
 ) -> None:
     out = tmp_path / "bench"
     page = tmp_path / "docs" / "results.md"
-    fit_args = _fit_args(synthetic_root, synthetic_kwargs)
+    fit_args = synthetic_overrides(synthetic_root, synthetic_kwargs)
     main([
         "benchmark", "--quick", "--max_epochs", "3",
         "--configs", "synthetic_clip", "synthetic_dbpm",

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+from synthetic_args import synthetic_overrides
 from transformers import AutoModel, AutoTokenizer
 
 from fairvlm_lightning.callbacks import DynamicBadPairMining
@@ -30,21 +31,6 @@ SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml"))
 @pytest.fixture(autouse=True)
 def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["fairvlm"])  # as from the console script
-
-
-def _overrides(root: Path, synthetic_kwargs: dict) -> list[str]:
-    return [
-        "--data.root",
-        str(root),
-        "--data.synthetic_kwargs",
-        json.dumps(synthetic_kwargs),
-        "--model.model",
-        str(root / "tiny_model"),
-        "--data.batch_size",
-        "16",
-        "--data.eval_batch_size",
-        "64",
-    ]
 
 
 def _sklearn_test_auc(ckpt: str, root: Path, synthetic_kwargs: dict) -> float:
@@ -120,7 +106,7 @@ def test_readme_fit_command_then_test(
     args = [
         "--config",
         str(CONFIGS / "synthetic_robust_fair.yaml"),
-        *_overrides(synthetic_root, synthetic_kwargs),
+        *synthetic_overrides(synthetic_root, synthetic_kwargs),
         "--trainer.enable_progress_bar",
         "false",
     ]
@@ -175,7 +161,9 @@ def test_synthetic_configs_build_what_they_say(
     name: str, synthetic_root: Path, synthetic_kwargs: dict
 ) -> None:
     cli = FairVLMCLI(
-        args=["--config", str(CONFIGS / name), *_overrides(synthetic_root, synthetic_kwargs)],
+        args=[
+            "--config", str(CONFIGS / name), *synthetic_overrides(synthetic_root, synthetic_kwargs)
+        ],
         run=False,
     )
     module = cli.model
@@ -197,7 +185,7 @@ def test_missing_synthetic_assets_are_made_before_the_model_is_built(tmp_path: P
         args=[
             "--config",
             str(CONFIGS / "synthetic_robust_fair.yaml"),
-            *_overrides(root, kwargs),
+            *synthetic_overrides(root, kwargs),
         ],
         run=False,
     )
@@ -226,7 +214,7 @@ def test_seed_everything_seeds_the_data_unless_data_seed_is_given(
     base = [
         "--config",
         str(CONFIGS / "synthetic_clip.yaml"),
-        *_overrides(synthetic_root, synthetic_kwargs),
+        *synthetic_overrides(synthetic_root, synthetic_kwargs),
     ]
     cli = FairVLMCLI(args=[*base, "--seed_everything", "3"], run=False)
     assert cli.datamodule.seed == 3 and cli.datamodule.hparams["seed"] == 3
@@ -257,7 +245,7 @@ def test_balanced_config_balances_race(synthetic_root: Path, synthetic_kwargs: d
         args=[
             "--config",
             str(CONFIGS / "synthetic_clip_balanced.yaml"),
-            *_overrides(synthetic_root, synthetic_kwargs),
+            *synthetic_overrides(synthetic_root, synthetic_kwargs),
             "--seed_everything",
             "5",
         ],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic_args import synthetic_overrides
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 from fairvlm_lightning.cli import main, resolve_config, shipped_configs
@@ -28,16 +29,7 @@ def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _overrides(root: Path, kwargs: dict) -> list[str]:
     return [
-        "--data.root",
-        str(root),
-        "--data.synthetic_kwargs",
-        json.dumps(kwargs),
-        "--model.model",
-        str(root / "tiny_model"),
-        "--data.batch_size",
-        "16",
-        "--data.eval_batch_size",
-        "48",
+        *synthetic_overrides(root, kwargs, eval_batch_size=48),
         "--trainer.enable_progress_bar",
         "false",
     ]
