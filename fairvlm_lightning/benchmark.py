@@ -57,8 +57,12 @@ from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, BAD_PAIR_FIEL
 
 __all__ = [
     "BASELINE",
+    "DATA_VARIANTS",
     "DEFAULT_CONFIGS",
+    "HEADROOM_KEYS",
     "Variant",
+    "data_variant_args",
+    "headroom",
     "benchmark_parser",
     "make_variants",
     "paired_t_interval",
@@ -78,6 +82,17 @@ DEFAULT_CONFIGS: tuple[str, ...] = (
 )
 #: Name of the baseline method (plain CLIP fine-tuning).
 BASELINE = "synthetic_clip"
+#: Suffix of the clean-data oracle: the baseline trained without the planted bad pairs.
+ORACLE_SUFFIX = "_oracle"
+#: Metrics whose headroom (oracle - baseline) and capture are reported.
+HEADROOM_KEYS: tuple[str, ...] = ("race/es_auc", "mean/es_auc", "auc")
+#: Generator settings of the synthetic twin the benchmark can run on (``--data_variant``).
+#: ``default`` is the shipped data; ``shifted`` is data the methods were not tuned on: another
+#: generator seed, 15 % bad pairs instead of 10 %, 60 % of them in the minority race groups.
+DATA_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "shifted": {"seed": 1, "bad_pair_rate": 0.15, "bad_pair_concentration": 0.6},
+}
 _ATTRIBUTES: dict[str, int] = dict(ATTRIBUTE_GROUPS)
 #: Attribute whose groups get a per-group DBPM record and ROC plot (FairVLMed: race, where the
 #: synthetic twin concentrates its bad pairs).
@@ -310,6 +325,57 @@ def summarise(
     return {"baseline": baseline, "ci": ci, "methods": methods, "comparisons": comparisons}
 
 
+def headroom(
+    summary: Mapping[str, Any], oracle: str, keys: Sequence[str] = HEADROOM_KEYS
+) -> dict[str, Any]:
+    """Each method's capture of the clean-data headroom: (method − baseline) / (oracle − baseline).
+
+    The numerator and the denominator are the paired mean differences against the baseline of
+    :func:`summarise` (same seeds); the numerator's paired interval comes with it. The capture is
+    NaN where the oracle gains nothing (``|oracle − baseline| < 1e-9``) or either is missing.
+
+    Args:
+        summary: the output of :func:`summarise`.
+        oracle: the oracle variant's name.
+        keys: metric keys (``"race/es_auc"``, ``"mean/es_auc"``, ``"auc"``).
+
+    Returns:
+        ``{"oracle": name, "oracle_gain": {key: comparison}, "methods": {variant: {key:
+        {"capture", "mean", "low", "high", "verdict"}}}}``.
+
+    Example:
+        >>> runs = [{"variant": v, "seed": s, "test": {"auc": a}, "val": {}}
+        ...         for v, a0 in [("base", 0.80), ("clean", 0.90), ("new", 0.85)]
+        ...         for s, a in [(0, a0), (1, a0 + 0.01), (2, a0 - 0.01)]]
+        >>> h = headroom(summarise(runs, "base", attributes={}), "clean", keys=("auc",))
+        >>> round(h["methods"]["new"]["auc"]["capture"], 6)
+        0.5
+    """
+    comparisons = summary["comparisons"]
+    gain = comparisons.get(oracle, {})
+    out: dict[str, Any] = {
+        "oracle": oracle,
+        "oracle_gain": {k: gain[k] for k in keys if k in gain},
+        "methods": {},
+    }
+    for variant, comp in comparisons.items():
+        if variant == oracle:
+            continue
+        rows = {}
+        for key in keys:
+            if key not in comp:
+                continue
+            denom = gain.get(key, {}).get("mean", math.nan)
+            num = comp[key]["mean"]
+            ok = not (math.isnan(num) or math.isnan(denom)) and abs(denom) >= 1e-9
+            rows[key] = {
+                "capture": num / denom if ok else math.nan,
+                **{f: comp[key][f] for f in ("mean", "low", "high", "verdict")},
+            }
+        out["methods"][variant] = rows
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # variants (configs x sweeps)
 # ------------------------------------------------------------------------------------------------
@@ -323,6 +389,7 @@ class Variant:
         overrides: extra ``fairvlm fit`` arguments (``["--model.fairness_weight", "0.01"]``).
         sweep: ``{"lambda": value}`` or ``{"beta": value}`` for a sweep point, else empty.
         base: the config's own name (the variant a sweep point belongs to).
+        oracle: the baseline trained without the planted bad pairs (``--data.drop_bad_pairs``).
     """
 
     name: str
@@ -330,6 +397,7 @@ class Variant:
     overrides: list[str] = field(default_factory=list)
     sweep: dict[str, float] = field(default_factory=dict)
     base: str = ""
+    oracle: bool = False
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -350,6 +418,34 @@ def _dbpm_callback_index(cfg: Mapping[str, Any]) -> int | None:
         ):
             return i
     return None
+
+
+def data_variant_args(name: str) -> list[str]:
+    """``fairvlm fit`` arguments that point a synthetic config at the data variant ``name``.
+
+    The variant's data and tiny model live in their own folder ``${FAIRVLM_CACHE}/synthetic_<name>``
+    (written on first use), so variants never overwrite each other.
+
+    Example:
+        >>> data_variant_args("default")
+        []
+        >>> data_variant_args("shifted")[:2]
+        ['--data.root', '${FAIRVLM_CACHE}/synthetic_shifted']
+    """
+    if name not in DATA_VARIANTS:
+        raise ValueError(f"unknown data variant {name!r}; choose from {sorted(DATA_VARIANTS)}")
+    kwargs = DATA_VARIANTS[name]
+    if not kwargs:
+        return []
+    root = f"${{FAIRVLM_CACHE}}/synthetic_{name}"
+    return [
+        "--data.root",
+        root,
+        "--data.synthetic_kwargs",
+        json.dumps(kwargs, sort_keys=True),
+        "--model.model",
+        f"{root}/tiny_model",
+    ]
 
 
 def make_variants(
@@ -630,6 +726,8 @@ def run_benchmark(
     command: str | None = None,
     progress: bool = True,
     extra_args: Sequence[str] = (),
+    data_variant: str = "default",
+    oracle: bool = True,
 ) -> dict[str, Any]:
     """Run configs × seeds as ``fairvlm fit`` would, then write the report into ``out_dir``.
 
@@ -656,6 +754,10 @@ def run_benchmark(
         command: the command line to record in the report.
         progress: show a progress bar on stderr.
         extra_args: more ``fairvlm fit`` arguments for every run.
+        data_variant: generator setting of the synthetic twin (:data:`DATA_VARIANTS`).
+        oracle: also train the baseline without the planted bad pairs (``<baseline>_oracle``)
+            and report each method's capture of that headroom (:func:`headroom`); needs data
+            with an ``is_bad_pair`` field (the synthetic twin).
 
     Returns:
         The content of ``benchmark.json``.
@@ -671,7 +773,22 @@ def run_benchmark(
         baseline = BASELINE if BASELINE in names else names[0]
     if baseline not in names:
         raise ValueError(f"baseline {baseline!r} is not among the variants {names}")
-    extra = list(extra_args)
+    oracle_name = baseline + ORACLE_SUFFIX if oracle else None
+    if oracle_name is not None:
+        if oracle_name in names:
+            raise ValueError(f"a config is named like the oracle variant {oracle_name!r}")
+        base_variant = variants[names.index(baseline)]
+        variants.insert(
+            names.index(baseline) + 1,
+            Variant(
+                oracle_name,
+                base_variant.config,
+                [*base_variant.overrides, "--data.drop_bad_pairs", "true"],
+                base=base_variant.base,
+                oracle=True,
+            ),
+        )
+    extra = [*data_variant_args(data_variant), *extra_args]
     if max_epochs is not None:
         extra += ["--trainer.max_epochs", str(int(max_epochs))]
     if bootstrap:
@@ -734,11 +851,14 @@ def run_benchmark(
     sweeps = _sweep_table(variants, summary)
     report = {
         "command": command,
+        "data_variant": data_variant,
+        "data_settings": DATA_VARIANTS[data_variant],
+        "headroom": headroom(summary, oracle_name) if oracle_name else {},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seeds": seeds,
         "variants": [
             {"name": v.name, "config": str(v.config), "overrides": v.overrides, "sweep": v.sweep,
-             "base": v.base}
+             "base": v.base, "oracle": v.oracle}
             for v in variants
         ],
         "max_epochs": max_epochs,
@@ -879,6 +999,9 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str]) -> str
         "",
         f"Generated by `{report.get('command') or 'fairvlm benchmark'}` on {report['date']}.",
         "",
+        f"Data: the synthetic twin, variant `{report.get('data_variant', 'default')}` "
+        f"({json.dumps(report['data_settings']) if report.get('data_settings') else 'the shipped generator settings'})."
+        " "
         f"Seeds {seeds} (`--seed_everything`; the training order follows it). Every run is "
         "`fairvlm fit` of the config: the epoch is selected on the validation split (best "
         "`val/auc`), the numbers below are the **test** split of that checkpoint. "
@@ -922,6 +1045,20 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str]) -> str
                 f"| {name} | {key} | {_signed(c['mean'])} | [{_signed(c['low'])}, "
                 f"{_signed(c['high'])}] | {c['verdict']} |"
             )
+    head_rows = _headroom_lines(report.get("headroom") or {}, markdown=True)
+    if head_rows:
+        lines += [
+            "",
+            "## Headroom: what clean data wins, and how much of it each method captures",
+            "",
+            f"`{report['headroom']['oracle']}` is `{baseline}` trained on the same data with the "
+            "planted bad pairs removed (`--data.drop_bad_pairs true`): its gain over the "
+            "baseline is what perfect bad-pair handling could win. *Capture* = (method − "
+            "baseline) / (oracle − baseline), from the paired mean differences; the interval is "
+            "the method's paired gain (the numerator).",
+            "",
+            *head_rows,
+        ]
     if len(seeds) < 2:
         lines += [
             "",
@@ -1123,6 +1260,11 @@ def benchmark_parser() -> argparse.ArgumentParser:
     p.add_argument("--results_page", default=None,
                    help="also write this Markdown page (e.g. docs/results.md)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--data_variant", default="default", choices=sorted(DATA_VARIANTS),
+                   help="generator setting of the synthetic twin: default, or shifted (another "
+                   "seed, 15%% bad pairs, 60%% of them in the minority race groups)")
+    p.add_argument("--no_oracle", action="store_true",
+                   help="skip the clean-data oracle (baseline trained without the bad pairs)")
     p.add_argument("--fit_args", default="",
                    help="extra `fairvlm fit` arguments for every run, as one quoted string "
                    "(e.g. \"--data.root /data/synth --trainer.accelerator gpu\")")
@@ -1150,10 +1292,58 @@ def benchmark_main(cli_class: Callable[..., Any], argv: Sequence[str]) -> dict[s
         command="fairvlm benchmark " + " ".join(argv),
         progress=not ns.no_progress,
         extra_args=shlex.split(ns.fit_args),
+        data_variant=ns.data_variant,
+        oracle=not ns.no_oracle,
     )
     print(format_summary(report))
     print(f"report: {Path(ns.out) / 'benchmark.md'}")
     return report
+
+
+def _capture(c: Mapping[str, Any]) -> str:
+    return "n/a" if math.isnan(c["capture"]) else f"{100 * c['capture']:.0f} %"
+
+
+def _interval(c: Mapping[str, Any]) -> str:
+    return f"{_signed(c['mean'])} [{_signed(c['low'])}, {_signed(c['high'])}]"
+
+
+def _headroom_lines(head: Mapping[str, Any], markdown: bool) -> list[str]:
+    """The headroom and capture rows, as Markdown table rows or as plain text."""
+    if not head or not head.get("oracle_gain"):
+        return []
+    keys = list(head["oracle_gain"])
+    gain = head["oracle_gain"]
+    if not markdown:
+        lines = [
+            f"headroom = {head['oracle']} − baseline: "
+            + "; ".join(f"{k} {_interval(gain[k])}" for k in keys),
+            "capture = (method − baseline) / headroom, with the method's paired gain:",
+        ]
+        for name, rows in head["methods"].items():
+            lines.append(
+                f"  {name}: "
+                + "; ".join(f"{k} {_capture(rows[k])} ({_interval(rows[k])})" for k in rows)
+            )
+        return lines
+    lines = [
+        "| method | " + " | ".join(f"{k}: gain [95% CI]; capture" for k in keys) + " |",
+        "| --- " * (len(keys) + 1) + "|",
+        f"| **{head['oracle']}** (headroom) | "
+        + " | ".join(f"{_interval(gain[k])} {gain[k]['verdict']}; 100 %" for k in keys)
+        + " |",
+    ]
+    for name, rows in head["methods"].items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{_interval(rows[k])} {rows[k]['verdict']}; {_capture(rows[k])}"
+                if k in rows else "–"
+                for k in keys
+            )
+            + " |"
+        )
+    return lines
 
 
 def format_summary(report: Mapping[str, Any]) -> str:
@@ -1184,6 +1374,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
                 f"{c['verdict']}"
             )
         lines.append(f"  {n}: " + "; ".join(parts))
+    lines += _headroom_lines(report.get("headroom") or {}, markdown=False)
     for sweep in report.get("sweeps", []):
         lines.append(
             f"{sweep['parameter']} sweep of {sweep['config']}: chosen on val = "

@@ -137,6 +137,53 @@ def test_sweep_table_includes_the_shipped_default_and_chooses_on_val() -> None:
 ATTRS = ("race", "gender", "ethnicity", "language")
 
 
+def test_headroom_capture_closed_form() -> None:
+    from fairvlm_lightning.benchmark import headroom
+
+    # per seed: baseline b, oracle b + 0.10 + e, method b + 0.04 + e/2 (e: seed noise)
+    noise = [0.0, 0.01, -0.01, 0.02]
+    runs = []
+    for s, e in enumerate(noise):
+        b = 0.6 + 0.03 * s
+        for v, value in (("base", b), ("oracle", b + 0.10 + e), ("new", b + 0.04 + e / 2),
+                         ("flat", b)):
+            runs.append({"variant": v, "seed": s, "val": {}, "test": {"race/es_auc": value}})
+    summary = summarise(runs, baseline="base", attributes={"race": 3})
+    h = headroom(summary, "oracle", keys=("race/es_auc",))
+    oracle_gain = 0.10 + np.mean(noise)
+    new_gain = 0.04 + np.mean(noise) / 2
+    assert h["oracle_gain"]["race/es_auc"]["mean"] == pytest.approx(oracle_gain)
+    row = h["methods"]["new"]["race/es_auc"]
+    assert row["capture"] == pytest.approx(new_gain / oracle_gain)
+    ref = scipy.stats.ttest_1samp([0.04 + e / 2 for e in noise], 0.0).confidence_interval(0.95)
+    assert (row["low"], row["high"]) == pytest.approx((ref.low, ref.high))
+    assert h["methods"]["flat"]["race/es_auc"]["capture"] == pytest.approx(0.0, abs=1e-12)
+    assert "oracle" not in h["methods"]
+    # no headroom: capture is undefined, not infinite
+    flat = headroom(summary, "flat", keys=("race/es_auc",))
+    assert math.isnan(flat["methods"]["new"]["race/es_auc"]["capture"])
+
+
+def test_data_variants_point_at_their_own_generated_data() -> None:
+    import inspect
+
+    from fairvlm_lightning.benchmark import DATA_VARIANTS, data_variant_args
+    from fairvlm_lightning.data import write_synthetic_fairvlmed
+
+    assert data_variant_args("default") == []
+    args = data_variant_args("shifted")
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags["--data.root"] == "${FAIRVLM_CACHE}/synthetic_shifted"
+    assert flags["--model.model"] == flags["--data.root"] + "/tiny_model"
+    settings = json.loads(flags["--data.synthetic_kwargs"])
+    assert settings == DATA_VARIANTS["shifted"] and settings["seed"] != 0
+    assert settings["bad_pair_rate"] > 0.1 and settings["bad_pair_concentration"] > 0.5
+    params = inspect.signature(write_synthetic_fairvlmed).parameters
+    assert set(settings) <= set(params)
+    with pytest.raises(ValueError, match="unknown data variant 'nope'"):
+        data_variant_args("nope")
+
+
 def test_tiny_benchmark_end_to_end_and_resume(
     synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -161,7 +208,20 @@ def test_tiny_benchmark_end_to_end_and_resume(
         assert (page.parent / "results" / png).is_file()
     assert "(results/pareto.png)" in page.read_text()
     runs = report["runs"]
-    assert len(runs) == 4  # 2 configs x 2 seeds
+    assert len(runs) == 6  # (2 configs + the clean-data oracle) x 2 seeds
+    oracle_runs = [r for r in runs if r["variant"] == "synthetic_clip_oracle"]
+    assert len(oracle_runs) == 2
+    assert all("--data.drop_bad_pairs" in r["args"] for r in oracle_runs)
+    assert "synthetic_clip_oracle" in printed and "capture" in printed
+    assert "## Headroom" in md
+    # capture = (method - baseline) / (oracle - baseline), from the runs' own test numbers
+    test = {(r["variant"], r["seed"]): r["test"] for r in runs}
+    for key in ("race/es_auc", "auc"):
+        gain = {v: np.mean([test[(v, s)][key] - test[("synthetic_clip", s)][key] for s in (0, 1)])
+                for v in ("synthetic_dbpm", "synthetic_clip_oracle")}
+        got = report["headroom"]["methods"]["synthetic_dbpm"][key]
+        assert got["mean"] == pytest.approx(gain["synthetic_dbpm"])
+        assert got["capture"] == pytest.approx(gain["synthetic_dbpm"] / gain["synthetic_clip_oracle"])
     # every run is a real fit: its test AUC is the AUC of its saved predictions (scikit-learn)
     for r in runs:
         folder = out / "runs" / r["variant"] / f"seed_{r['seed']}"

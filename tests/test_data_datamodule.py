@@ -272,3 +272,55 @@ def test_hparams_of_path_root_load_with_weights_only(
     torch.save({"datamodule_hyper_parameters": dict(dm.hparams)}, tmp_path / "h.pt")
     loaded = torch.load(tmp_path / "h.pt", weights_only=True)
     assert loaded["datamodule_hyper_parameters"]["root"] == str(synthetic_root)
+
+
+def test_drop_bad_pairs_keeps_exactly_the_clean_training_pairs(
+    synthetic_root: Path, synthetic_kwargs: dict[str, Any]
+) -> None:
+    import csv
+
+    with open(synthetic_root / "data_summary.csv", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "Training"]
+    clean = sorted((r for r in rows if r["is_bad_pair"] == "0"), key=lambda r: r["filename"])
+    assert 0 < len(clean) < len(rows)  # the fixture has planted bad pairs
+    module = FairVLMedDataModule(
+        synthetic_root, synthetic=True, synthetic_kwargs=synthetic_kwargs, batch_size=7,
+        drop_bad_pairs=True,
+    )
+    module.prepare_data()
+    module.setup("fit")
+    assert list(module.datasets["train"]["filename"]) == [r["filename"] for r in clean]
+    seen: dict[int, tuple[int, int, bool]] = {}
+    for batch in module.train_dataloader():
+        for i, y, race, bad in zip(batch["index"].tolist(), batch["label"].tolist(),
+                                   batch["race"].tolist(), batch["is_bad_pair"].tolist(),
+                                   strict=True):
+            seen[i] = (y, race, bad)
+    assert sorted(seen) == list(range(len(clean)))  # re-indexed 0..n-1, each once
+    for i, r in enumerate(clean):
+        assert seen[i] == (int(r["glaucoma"]), int(r["race"]), False)
+    # validation is untouched
+    full = FairVLMedDataModule(synthetic_root, synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    full.setup("fit")
+    assert len(full.split_dataset("val")) == len(module.split_dataset("val"))
+    assert len(full.split_dataset("train")) == len(rows)
+
+
+def test_drop_bad_pairs_needs_the_ground_truth(synthetic_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "no_truth"
+    for folder in ("Training", "Validation", "Test"):
+        shutil.copytree(synthetic_root / folder, root / folder)
+    for path in (root / "Training").glob("*.npz"):
+        fields = dict(np.load(path))
+        fields.pop("is_bad_pair")
+        np.savez(path, **fields)
+    module = FairVLMedDataModule(
+        root, model=synthetic_root / "tiny_model", notes=None, drop_bad_pairs=True,
+        cache_dir=tmp_path / "cache",
+    )
+    with pytest.raises(ValueError, match="drop_bad_pairs=True needs the field 'is_bad_pair'"):
+        module.setup("fit")
+    with pytest.raises(TypeError, match="drop_bad_pairs must be a bool"):
+        FairVLMedDataModule(root, model=synthetic_root / "tiny_model", drop_bad_pairs="yes")

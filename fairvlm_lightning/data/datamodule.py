@@ -196,6 +196,10 @@ class FairVLMedDataModule(LightningDataModule):
         cache_check: ``"stat"`` (default) or ``"content"``: how the split cache sees edited
             files (see :func:`~fairvlm_lightning.data.load_fairvlmed`); ``"content"`` also
             catches a file rewritten with the same size and modification time.
+        drop_bad_pairs: train without the pairs whose ``is_bad_pair`` is true (the synthetic
+            twin's ground truth): the clean-data *oracle* of ``fairvlm benchmark``. The kept
+            training pairs are re-indexed ``0..n-1`` in file order; val/test are unchanged. An
+            error when the training split has no ``is_bad_pair`` field.
 
     The training loader is a :class:`~fairvlm_lightning.data.sampling.ResumableDataLoader`:
     Lightning saves its position in the epoch in every checkpoint, so a run resumed from a
@@ -231,11 +235,15 @@ class FairVLMedDataModule(LightningDataModule):
         seed: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_check: Literal["stat", "content"] = "stat",
+        drop_bad_pairs: bool = False,
     ) -> None:
         super().__init__()
         if cache_check not in ("stat", "content"):
             raise ValueError(f"cache_check must be 'stat' or 'content', got {cache_check!r}")
         self.cache_check = cache_check
+        if not isinstance(drop_bad_pairs, bool):
+            raise TypeError(f"drop_bad_pairs must be a bool, got {drop_bad_pairs!r}")
+        self.drop_bad_pairs = drop_bad_pairs
         self.root = Path(root)
         if model is None and not synthetic:
             raise ValueError(
@@ -422,10 +430,30 @@ class FairVLMedDataModule(LightningDataModule):
             if split in self._splits:
                 continue
             ds = self._preprocessed(split)
+            if split == "train" and self.drop_bad_pairs:
+                ds = self._without_bad_pairs(ds)
             columns = ["pixels", "input_ids", "attention_mask", "index", "label", *self.attributes]
             if BAD_PAIR_FIELD in ds.column_names:
                 columns.append(BAD_PAIR_FIELD)
             self._splits[split] = _SplitDataset(ds, columns)
+
+    def _without_bad_pairs(self, ds: Any) -> Any:
+        """The training split without its planted bad pairs, re-indexed ``0..n-1``."""
+        if BAD_PAIR_FIELD not in ds.column_names:
+            raise ValueError(
+                f"drop_bad_pairs=True needs the field {BAD_PAIR_FIELD!r} in the training split of "
+                f"{self.root} (the synthetic twin has it); this dataset has none"
+            )
+        bad = np.asarray(ds.with_format("numpy")[BAD_PAIR_FIELD], dtype=bool)
+        keep = np.flatnonzero(~bad)
+        if len(keep) == 0:
+            raise ValueError(f"drop_bad_pairs=True leaves no training pair in {self.root}")
+        raw = self.datasets["train"].select(keep)
+        self.datasets["train"] = raw.remove_columns("index").add_column(
+            "index", np.arange(len(keep), dtype=np.int64)
+        )
+        kept = ds.select(keep).remove_columns("index")
+        return kept.add_column("index", np.arange(len(keep), dtype=np.int64))
 
     # ------------------------------------------------------------- public API
     def tokenize(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
