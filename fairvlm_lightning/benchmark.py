@@ -53,7 +53,7 @@ import torch
 
 from fairvlm_lightning.callbacks import find_bad_pair_mining
 from fairvlm_lightning.configs import resolve_config
-from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, BAD_PAIR_FIELD
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, BAD_PAIR_FIELD, GROUP_NAMES
 
 __all__ = [
     "BASELINE",
@@ -62,6 +62,7 @@ __all__ = [
     "HEADROOM_KEYS",
     "Variant",
     "data_variant_args",
+    "detection_scores",
     "headroom",
     "benchmark_parser",
     "make_variants",
@@ -235,6 +236,24 @@ def _with_means(values: Mapping[str, float], attributes: Mapping[str, int]) -> d
     return out
 
 
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    vals = np.asarray(values, dtype=np.float64)
+    ok = vals[~np.isnan(vals)]
+    return {
+        "mean": float(ok.mean()) if ok.size else math.nan,
+        "std": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
+        "values": [float(v) for v in vals],
+    }
+
+
+def _flat_detection(d: Mapping[str, Any]) -> dict[str, float]:
+    """``detection_scores`` output as flat keys (``recall``, ``0/recall``, ...)."""
+    out = {k: float(v) for k, v in d.items() if k != "groups"}
+    for g, row in (d.get("groups") or {}).items():
+        out.update({f"{g}/{k}": float(v) for k, v in row.items()})
+    return out
+
+
 def summarise(
     results: Sequence[Mapping[str, Any]],
     baseline: str = BASELINE,
@@ -300,6 +319,14 @@ def summarise(
                     "values": [float(v) for v in vals],
                 }
             entry["dbpm"] = agg
+        detection = [
+            _flat_detection(runs[s]["detection"]) for s in seeds if runs[s].get("detection")
+        ]
+        if detection:
+            entry["detection"] = {
+                key: _mean_std([d.get(key, math.nan) for d in detection])
+                for key in sorted(set().union(*detection))
+            }
         methods[variant] = entry
     comparisons: dict[str, Any] = {}
     base = by_variant.get(baseline, {})
@@ -593,6 +620,63 @@ def _dbpm_record(cli: Any, folder: Path) -> dict[str, Any] | None:
     return record
 
 
+def detection_scores(
+    statistic: np.ndarray, flagged: np.ndarray, bad: np.ndarray, groups: np.ndarray | None = None
+) -> dict[str, Any]:
+    """How well DBPM's final flags and statistic find the planted bad pairs, overall and per group.
+
+    Counts only pairs with a finite statistic (pairs with history). The AUROC is that of the
+    statistic that drives the flags as a score for "truly bad" (torchmetrics' binary AUROC);
+    per group it is the *within-group* AUROC, which a global threshold cannot exceed.
+
+    Args:
+        statistic: (N,) per-pair statistic (NaN for pairs without history).
+        flagged: (N,) bool, the pairs DBPM down-weights.
+        bad: (N,) bool, the planted bad pairs.
+        groups: (N,) group codes (-1 unknown) for the per-group rows, or ``None``.
+
+    Returns:
+        ``{"precision", "recall", "auroc", "num_flagged", "num_bad", "groups": {g: {...}}}``
+        (NaN where a ratio has no denominator or a group lacks one of the two classes).
+
+    Example:
+        >>> s = np.array([0.1, 0.2, 0.9, 0.8, 0.3]); bad = np.array([0, 0, 1, 1, 0], bool)
+        >>> d = detection_scores(s, s > 0.5, bad)
+        >>> d["precision"], d["recall"], d["auroc"]
+        (1.0, 1.0, 1.0)
+    """
+    from torchmetrics.functional.classification import binary_auroc
+
+    statistic = np.asarray(statistic, dtype=np.float64)
+    flagged, bad = np.asarray(flagged, dtype=bool), np.asarray(bad, dtype=bool)
+    has = np.isfinite(statistic)
+
+    def scores(m: np.ndarray) -> dict[str, float]:
+        f, b = flagged & m, bad & m
+        n_f, n_b, n_clean = float(f.sum()), float(b.sum()), float((m & ~bad).sum())
+        auroc = math.nan
+        if n_b and n_clean:
+            auroc = float(
+                binary_auroc(torch.from_numpy(statistic[m]), torch.from_numpy(bad[m]).long())
+            )
+        return {
+            "num_flagged": n_f,
+            "num_bad": n_b,
+            "precision": float((f & bad).sum()) / n_f if n_f else math.nan,
+            "recall": float((f & b).sum()) / n_b if n_b else math.nan,
+            "clean_flag_rate": float((f & ~bad).sum()) / n_clean if n_clean else math.nan,
+            "auroc": auroc,
+        }
+
+    out: dict[str, Any] = scores(has)
+    if groups is not None:
+        groups = np.asarray(groups)
+        out["groups"] = {
+            str(int(g)): scores(has & (groups == g)) for g in np.unique(groups) if g >= 0
+        }
+    return out
+
+
 def _predictions(cli: Any, folder: Path) -> None:
     """Test predictions of the selected model (for the ROC plots), saved as ``predictions.npz``."""
     outputs = cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=True)
@@ -845,6 +929,15 @@ def run_benchmark(
     finally:
         if bar is not None:
             bar.close()
+    for r in results:  # score the final flags from the saved per-pair state
+        state = out / "runs" / str(r["variant"]) / f"seed_{r['seed']}" / "dbpm.npz"
+        if r.get("dbpm") and state.is_file():
+            with np.load(state) as z:
+                if BAD_PAIR_FIELD in z:
+                    groups = z[_DETAIL_ATTRIBUTE] if _DETAIL_ATTRIBUTE in z else None
+                    r["detection"] = detection_scores(
+                        z["statistic"], z["flagged"], z[BAD_PAIR_FIELD], groups
+                    )
     rank = {v.name: i for i, v in enumerate(variants)}
     results.sort(key=lambda r: (rank.get(r["variant"], 0), int(r["seed"])))
     summary = summarise(results, baseline=baseline, ci=ci)
@@ -1118,6 +1211,26 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str]) -> str
                 f"| {name} | {_pm(d['num_flagged'])} | {_pm(d['num_bad'])} | "
                 f"{_pm(d['precision'])} | {_pm(d['recall'])} |"
             )
+        lines.append("")
+    detect = [n for n in main if "detection" in methods[n]]
+    if detect:
+        names = GROUP_NAMES[_DETAIL_ATTRIBUTE]
+        lines += [
+            f"## Detection by {_DETAIL_ATTRIBUTE} group (final flags; AUROC of the statistic "
+            "that drives them, within each group)",
+            "",
+            "| method | precision | recall | AUROC | "
+            + " | ".join(f"recall {n}" for n in names) + " | "
+            + " | ".join(f"AUROC {n}" for n in names) + " |",
+            "| --- " * (4 + 2 * len(names)) + "|",
+        ]
+        for name in detect:
+            d = methods[name]["detection"]
+            nan = {"mean": math.nan, "std": math.nan}
+            cells = [_pm(d.get(k, nan)) for k in ("precision", "recall", "auroc")]
+            cells += [_pm(d.get(f"{g}/recall", nan)) for g in range(len(names))]
+            cells += [_pm(d.get(f"{g}/auroc", nan)) for g in range(len(names))]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     for sweep in report.get("sweeps", []):
         param = sweep["parameter"]

@@ -272,3 +272,32 @@ def test_tiny_benchmark_end_to_end_and_resume(
     for key, value in first.items():  # NaN (a group without both classes) equals NaN here
         assert redone["test"][key] == value or (math.isnan(value) and math.isnan(
             redone["test"][key])), key
+
+
+def test_detection_scores_against_sklearn() -> None:
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    from fairvlm_lightning.benchmark import detection_scores
+
+    rng = np.random.default_rng(3)
+    n = 400
+    groups = rng.integers(-1, 3, n)
+    bad = rng.random(n) < 0.2
+    stat = rng.normal(size=n) + 1.2 * bad + 0.5 * (groups == 0)
+    stat[:7] = np.nan  # pairs without history do not count
+    flagged = np.nan_to_num(stat, nan=-9) > 1.0
+    d = detection_scores(stat, flagged, bad, groups)
+    has = ~np.isnan(stat)
+    assert d["precision"] == pytest.approx(precision_score(bad[has], flagged[has]))
+    assert d["recall"] == pytest.approx(recall_score(bad[has], flagged[has]))
+    assert d["auroc"] == pytest.approx(roc_auc_score(bad[has], stat[has]))
+    assert set(d["groups"]) == {"0", "1", "2"}  # -1 (unknown) gets no row
+    for g in (0, 1, 2):
+        m = has & (groups == g)
+        row = d["groups"][str(g)]
+        assert row["auroc"] == pytest.approx(roc_auc_score(bad[m], stat[m]))
+        assert row["recall"] == pytest.approx(recall_score(bad[m], flagged[m]))
+        assert row["clean_flag_rate"] == pytest.approx(flagged[m & ~bad].mean())
+    none = detection_scores(stat, np.zeros(n, bool), np.zeros(n, bool))
+    assert math.isnan(none["precision"]) and math.isnan(none["recall"])
+    assert math.isnan(none["auroc"])
