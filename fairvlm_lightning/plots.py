@@ -46,7 +46,8 @@ def _pyplot() -> Any:
         import matplotlib
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "plots need matplotlib: pip install 'fairvlm-lightning[plot]'"
+            "plots need matplotlib: pip install matplotlib (or, in the fairvlm-lightning "
+            "checkout, pip install -e '.[plot]')"
         ) from err
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
