@@ -215,6 +215,7 @@ window.addEventListener("load", () => setTimeout(() => {
   };
   const out = document.createElement("pre");
   out.id = "PROBE_ID";
+  out.hidden = true;  // measured, not shown (screenshots stay clean)
   out.textContent = JSON.stringify(result);
   document.body.appendChild(out);
 }, 300));
