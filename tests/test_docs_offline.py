@@ -125,6 +125,25 @@ def test_tex_becomes_mathml_with_the_structure_of_the_formula() -> None:
     assert attrs == [("0em", "false")] * 2
 
 
+def test_mathml_is_mathml_core_and_spaced_as_tex() -> None:
+    pytest.importorskip("latex2mathml")
+    hooks = _load("hooks")
+    # \big) with an exponent: the sized bracket is an <mrow> base (Chromium drops it otherwise)
+    root = ET.fromstring(hooks.tex_to_mathml(r"\big(F\big)^2", display=True))
+    msup = root.find(f".//{MATHML}msup")
+    assert msup is not None and msup[0].tag == f"{MATHML}mrow" and msup[0][0].text == ")"
+    # MathML 3 named spaces are not MathML Core: lengths instead
+    spaced = hooks.tex_to_mathml(r"\exp\!\Big(x\Big)\;y", display=False)
+    assert "mathspace" not in spaced
+    widths = [m.get("width") for m in ET.fromstring(spaced).iter(f"{MATHML}mspace")]
+    assert widths == ["-0.1667em", "0.278em"]
+    # a thin space between \log and its argument, as TeX sets it; none before a parenthesis
+    log = ET.fromstring(hooks.tex_to_mathml(r"\log\sigma + \log(x)", display=False))
+    row = list(log[0])
+    assert [e.tag.removeprefix(MATHML) for e in row[:3]] == ["mi", "mspace", "mi"]
+    assert row[-4].text == "log" and row[-3].text == "("
+
+
 def test_unconvertible_formula_fails_the_build_naming_page_and_tex() -> None:
     pytest.importorskip("latex2mathml")
     from mkdocs.exceptions import PluginError
