@@ -311,7 +311,7 @@ def probe_pages(
                 if not (copy / page / "index.html").is_file():
                     continue
                 dom = _chromium(chromium, "--virtual-time-budget=5000", "--dump-dom", base + page)
-                match = re.search(rf'<pre id="{PROBE_ID}">(.*?)</pre>', dom, re.DOTALL)
+                match = re.search(rf'<pre id="{PROBE_ID}"[^>]*>(.*?)</pre>', dom, re.DOTALL)
                 if match is not None:
                     results[page] = json.loads(html.unescape(match.group(1)))
                 if screenshots is not None:
