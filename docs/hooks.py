@@ -21,8 +21,15 @@ import html
 import re
 from typing import Any
 
-from latex2mathml.converter import convert
 from mkdocs.exceptions import PluginError
+
+try:
+    from latex2mathml.converter import convert
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "docs/hooks.py converts the formulas with latex2mathml, part of the docs extra: "
+        "pip install -c constraints.txt -e '.[docs]'"
+    ) from err
 
 # What arithmatex (generic: true) writes: the delimiters stay inside the element.
 MATH_ELEMENT = re.compile(
