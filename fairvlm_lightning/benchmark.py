@@ -1069,6 +1069,12 @@ def _sweep_table(variants: Sequence[Variant], summary: Mapping[str, Any]) -> lis
 # ------------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------------
+def _group_name(attribute: str, group: int) -> str:
+    """The display name of a group (``schema.GROUP_NAMES``), as the CLI prints it."""
+    names = GROUP_NAMES.get(attribute, ())
+    return names[group] if group < len(names) else f"group {group}"
+
+
 def _pm(stat: Mapping[str, float]) -> str:
     mean, std = stat["mean"], stat["std"]
     if math.isnan(mean):
@@ -1187,7 +1193,7 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str]) -> str
             f"### {attr}",
             "",
             "| method | ES-AUC | ES-Acc | DPD | DEOdds | "
-            + " | ".join(f"AUC group {g}" for g in range(groups))
+            + " | ".join(f"AUC {_group_name(attr, g)}" for g in range(groups))
             + " |",
             "| --- " * (5 + groups) + "|",
         ]
@@ -1298,13 +1304,17 @@ def _make_plots(
     plots.plot_es_auc(stats, out / "es_auc.png")
     images["ES-AUC per method (test, mean ± std over seeds)"] = "es_auc.png"
     points = []
+    symbols = {"lambda": "λ", "beta": "β"}
     for v in variants:
         m = methods.get(v.name)
         if m is None:
             continue
+        short = (v.base or v.name).removeprefix("synthetic_")
+        swept = " ".join(f"{symbols.get(k, k)}={x:g}" for k, x in v.sweep.items())
         points.append(
             {
                 "name": v.name,
+                "label": f"{short} {swept}" if swept else v.name.removeprefix("synthetic_"),
                 "auc": m["test"]["auc"]["mean"],
                 "es_auc": m["test"]["mean/es_auc"]["mean"],
                 "auc_std": m["test"]["auc"]["std"],
@@ -1313,7 +1323,7 @@ def _make_plots(
             }
         )
     plots.plot_pareto(points, out / "pareto.png")
-    images["AUC vs ES-AUC (test, every variant; Pareto front joined)"] = "pareto.png"
+    images["AUC vs ES-AUC (test, every variant; Pareto front drawn)"] = "pareto.png"
     first_seed = min(int(r["seed"]) for r in results)
     preds = {}
     for r in results:

@@ -90,7 +90,8 @@ class GroupAUROC(_GroupSampleMetric):
         except ImportError as err:
             raise ImportError(
                 "GroupAUROC.plot needs matplotlib, an optional dependency: install it with "
-                "`pip install matplotlib` (or `pip install fairvlm-lightning[plot]`)."
+                "`pip install matplotlib` (or `pip install -e '.[plot]'` in the fairvlm-lightning "
+                "checkout)."
             ) from err
         names = (
             list(group_names)
