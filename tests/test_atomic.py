@@ -209,16 +209,17 @@ def test_lock_names_the_holder_waits_and_dies_with_it(tmp_path: Path) -> None:
         from fairvlm_lightning.atomic import FileLock
         with FileLock(sys.argv[1]):
             Path(sys.argv[2]).touch()
-            time.sleep(float(sys.argv[3]))
+            time.sleep(1.0)
+            Path(sys.argv[3]).touch()  # about to release
         """,
         str(lock),
         str(ready),
-        "1.0",
+        str(tmp_path / "leaving"),
     )
     _wait_for(ready, proc)
     start = time.monotonic()
-    with FileLock(lock, timeout=30):  # waits for the holder to finish
-        assert proc.poll() is not None
+    with FileLock(lock, timeout=30):  # waits for the holder to release it
+        assert (tmp_path / "leaving").exists()
     assert time.monotonic() - start < 30
     proc.wait(timeout=30)
 
