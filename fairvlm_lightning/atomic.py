@@ -354,7 +354,7 @@ def atomic_folder(
         >>> check_complete(out)["files"]
         {'weights.bin': 3}
     """
-    out = Path(target)
+    out = Path(os.path.abspath(target))  # "." or "dir/" still have a name and a parent
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
 

@@ -187,6 +187,11 @@ def _model_card(
     return "\n".join(lines)
 
 
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not an empty folder; pass overwrite=True")
+
+
 def export_module(
     module: FairVLMModule,
     out_dir: str | os.PathLike[str],
@@ -241,8 +246,7 @@ def export_module(
     from transformers import AutoImageProcessor
 
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not an empty folder; pass overwrite=True")
+    _check_target(out, overwrite)
     datamodule_hparams = dict(datamodule_hparams or {})
     model: Any = module.model
     peft_record = module.hparams.get("peft")
@@ -486,6 +490,7 @@ def export_checkpoint(
             f"{path} is not a FairVLMModule Lightning checkpoint (needs 'state_dict' and "
             "'hyper_parameters')"
         )
+    _check_target(Path(out_dir), overwrite)  # before a possibly long evaluation
     identity = file_identity(path)
     found, why = checkpoint_metrics(path, metrics, identity=identity)
     module = FairVLMModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
