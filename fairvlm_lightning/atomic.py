@@ -444,7 +444,7 @@ def check_complete(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _export_traces(path: Path) -> list[str]:
     traces = []
-    if _TMP_INFIX in path.name or _OLD_INFIX in path.name:
+    if path.name.startswith(".") and (_TMP_INFIX in path.name or _OLD_INFIX in path.name):
         traces.append(f"its name {path.name!r} is that of a temporary export folder")
     readme = path / "README.md"
     if readme.is_file():

@@ -258,6 +258,8 @@ def test_overwrite_replaces_whole_and_a_killed_export_is_never_half(
     partial = next(tmp_path.glob(".hf.tmp-*"))  # the killed child's folder: weights, no tokenizer
     assert (partial / "model.safetensors").is_file() and not (partial / "tokenizer.json").exists()
     FairVLMModule(model=str(out), prompt_max_length=32)  # the old export still loads
+    dm = FairVLMedDataModule(tmp_path / "no_data", model=str(out), max_length=32)
+    assert dm.tokenize("A photo of glaucoma")["input_ids"].shape == (1, 32)
     # the killed export's temporary folder is refused, with a reason
     with pytest.raises(IncompleteFolderError, match="temporary export folder"):
         FairVLMModule(model=str(partial))
@@ -265,6 +267,8 @@ def test_overwrite_replaces_whole_and_a_killed_export_is_never_half(
     (out / MARKER).unlink()
     with pytest.raises(IncompleteFolderError, match=r"no completion marker .*--overwrite"):
         FairVLMModule(model=str(out))
+    with pytest.raises(IncompleteFolderError, match="no completion marker"):  # its tokenizer too
+        FairVLMedDataModule(tmp_path / "no_data", model=str(out)).tokenize("A photo")
     # the next export cleans up after the killed one
     export_module(module, out, image_processor=str(tiny), overwrite=True)
     assert not list(tmp_path.glob(".hf.tmp-*"))
