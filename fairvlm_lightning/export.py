@@ -500,8 +500,9 @@ def export_checkpoint(
         try:
             found = evaluate_checkpoint(module, datamodule_hparams, accelerator=accelerator)
         except FileNotFoundError as err:
+            reason = re.sub(r"(?<![\w<>])(?:~|/)[^\s,;()]*", lambda m: portable(m[0]), str(err))
             note = (
-                f"Not known: {why}, and the checkpoint could not be evaluated ({err}). Run "
+                f"Not known: {why}, and the checkpoint could not be evaluated ({reason}). Run "
                 "`fairvlm test --ckpt_path <checkpoint>` and export with `--metrics` its "
                 "test_metrics.json."
             )

@@ -179,6 +179,37 @@ def test_plain_export_and_errors(synthetic_root: Path, tmp_path: Path) -> None:
         export_checkpoint(bad, tmp_path / "y")
 
 
+def test_card_without_data_says_why_and_names_no_local_path(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    import lightning
+
+    module = FairVLMModule(str(synthetic_root / "tiny_model"), prompt_max_length=32)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "datamodule_hyper_parameters": {"root": str(tmp_path / "moved"), "synthetic": True},
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        ckpt,
+    )
+    # the run's record is of the initial weights: not taken
+    (tmp_path / "run" / "test_metrics.json").write_text(
+        json.dumps({"test/auc": 0.99, "initial_weights": True, "ckpt_path": None})
+    )
+    card = (export_checkpoint(ckpt, tmp_path / "a") / "README.md").read_text()
+    assert "Not known: the run's test_metrics.json was not used: it is of the initial" in card
+    assert "data folder <local>/moved is not there" in card and "0.990" not in card
+    assert str(tmp_path) not in card
+    card = (export_checkpoint(ckpt, tmp_path / "b", evaluate=False) / "README.md").read_text()
+    assert "(evaluation at export was turned off)" in card
+    with pytest.raises(ValueError, match="does not record which checkpoint"):
+        export_checkpoint(ckpt, tmp_path / "c", metrics={"test/auc": 0.5})
+
+
 def test_configs_command_and_bare_names(capsys: pytest.CaptureFixture[str]) -> None:
     main(["configs"])
     out = capsys.readouterr().out
