@@ -26,13 +26,20 @@ Statistics (:func:`summarise`):
 
 Runs resume: a run is done when its ``result.json`` (written atomically, last) exists and
 records the same settings; a crashed run leaves no ``result.json`` and is redone from scratch.
+One benchmark at a time writes an output folder: it holds ``<out>/.benchmark.lock`` while it runs
+(:class:`~fairvlm_lightning.atomic.FileLock`), and a second one fails at once with
+:class:`~fairvlm_lightning.atomic.InUseError` naming the pid that holds it. ``result.json``,
+``benchmark.json``, ``benchmark.md`` and the results page are written all or nothing
+(:mod:`fairvlm_lightning.atomic`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -46,11 +53,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
 
+from fairvlm_lightning.atomic import (
+    FileLock,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from fairvlm_lightning.callbacks import find_bad_pair_mining
 from fairvlm_lightning.configs import resolve_config
 from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, BAD_PAIR_FIELD, GROUP_NAMES
@@ -100,6 +113,7 @@ _ATTRIBUTES: dict[str, int] = dict(ATTRIBUTE_GROUPS)
 _DETAIL_ATTRIBUTE = ATTRIBUTES[0]
 _LOWER_IS_BETTER = ("dpd", "deodds", "auc_std_disparity", "auc_max_disparity")
 _RESULT = "result.json"
+_LOCK = ".benchmark.lock"
 _RESULT_VERSION = 1
 
 
@@ -536,10 +550,10 @@ def _materialise_config(variant: Variant, folder: Path) -> Path:
     init["beta_noisy"] = init["beta_faulty"] = float(variant.sweep["beta"])
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{variant.name}.yaml"
-    out.write_text(
+    atomic_write_text(
+        out,
         f"# derived from {variant.config} by fairvlm benchmark (beta sweep)\n"
         + yaml.safe_dump(cfg, sort_keys=False),
-        encoding="utf-8",
     )
     return out
 
@@ -553,9 +567,7 @@ def _run_key(config_text: str, args: Sequence[str]) -> str:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data)  # a unique temp name: never shared between processes
 
 
 def _strip(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
@@ -698,8 +710,8 @@ def _run_one(
 ) -> dict[str, Any]:
     """``fairvlm fit`` one (variant, seed) into ``folder``; return (and save) its record."""
     work = folder / "work"
-    if work.exists():
-        shutil.rmtree(work)  # a crashed earlier attempt: start over
+    if work.exists():  # a crashed earlier attempt (the out_dir lock rules out a live one)
+        shutil.rmtree(work)
     work.mkdir(parents=True)
     args = [
         "fit",
@@ -793,6 +805,27 @@ def _load_done(folder: Path, key: str) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------------
 # the benchmark
 # ------------------------------------------------------------------------------------------------
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _holding_out_dir_lock(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` holding the lock of its ``out_dir`` argument (created when missing)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out = Path(bound.arguments["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        with FileLock(out / _LOCK, what=f"benchmark output folder {out}"):
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+@_holding_out_dir_lock
 def run_benchmark(
     cli_class: Callable[..., Any],
     *,
@@ -845,6 +878,9 @@ def run_benchmark(
 
     Returns:
         The content of ``benchmark.json``.
+
+    Raises:
+        fairvlm_lightning.atomic.InUseError: another benchmark is writing ``out_dir``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -970,7 +1006,7 @@ def run_benchmark(
     report["plots"] = images
     _write_json_atomic(out / "benchmark.json", report)
     markdown = render_markdown(report, images)
-    (out / "benchmark.md").write_text(markdown, encoding="utf-8")
+    atomic_write_text(out / "benchmark.md", markdown)
     if results_page is not None:
         page = Path(results_page)
         page.parent.mkdir(parents=True, exist_ok=True)
@@ -978,9 +1014,9 @@ def run_benchmark(
         assets.mkdir(parents=True, exist_ok=True)
         moved = {}
         for name, file in images.items():
-            shutil.copyfile(out / file, assets / file)
+            atomic_write_bytes(assets / file, (out / file).read_bytes())
             moved[name] = f"{page.stem}/{file}"
-        page.write_text(render_markdown(report, moved), encoding="utf-8")
+        atomic_write_text(page, render_markdown(report, moved))
     return report
 
 

@@ -19,7 +19,8 @@ best checkpoint and prints a per-attribute fairness table; ``validate``, ``test`
   ``dirpath``), or fails naming where it looked;
 * ``validate`` and ``test`` refuse to run without ``--ckpt_path`` (they would report the initial,
   untrained weights as a result) unless ``--initial_weights true`` is given; the metrics JSON
-  records ``ckpt_path`` and ``initial_weights``;
+  records ``ckpt_path``, ``initial_weights`` and the checkpoint file's ``ckpt_size`` and
+  ``ckpt_sha256`` (``fairvlm export`` puts a record into a model card only for that content);
 * a monitored ``ModelCheckpoint(save_last=True)`` draws a warning: Lightning then writes
   ``last.ckpt`` only when a new best is saved, so it holds the best state, not the last. The
   shipped configs add an unmonitored ``ModelCheckpoint(filename="last")`` instead, rewritten
@@ -47,6 +48,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from fairvlm_lightning.atomic import atomic_write_text, file_identity
 from fairvlm_lightning.configs import configs_dir, resolve_config, shipped_configs
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.data.synthetic import expand_cache_path
@@ -396,11 +398,24 @@ def _export_command(args: list[str]) -> Path:
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--out", required=True, help="output folder (empty or absent)")
     parser.add_argument(
-        "--metrics", default=None, help="test metrics JSON for the card (default: the run's)"
+        "--metrics",
+        default=None,
+        help="test metrics JSON of this checkpoint for the card, as `fairvlm test` writes it "
+        "(its ckpt_sha256 must match); default: the run's when it matches, else the "
+        "checkpoint is tested on its data module's test split",
     )
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace DIR whole")
+    parser.add_argument(
+        "--no_evaluate", action="store_true", help="never test the checkpoint at export"
+    )
     own = parser.parse_args(args)
-    out = export_checkpoint(own.ckpt_path, own.out, metrics=own.metrics, overwrite=own.overwrite)
+    out = export_checkpoint(
+        own.ckpt_path,
+        own.out,
+        metrics=own.metrics,
+        overwrite=own.overwrite,
+        evaluate=not own.no_evaluate,
+    )
     print(f"exported:   {out}")
     return out
 
@@ -611,6 +626,14 @@ class FairVLMCLI(LightningCLI):
         initial = path is None and self.subcommand in ("validate", "test")
         return {"ckpt_path": None if path is None else str(path), "initial_weights": initial}
 
+    def _checkpoint_identity(self) -> dict[str, Any]:
+        """``ckpt_size`` and ``ckpt_sha256`` of the evaluated checkpoint (export checks them)."""
+        path = getattr(self.trainer, "ckpt_path", None)
+        if path is None or not Path(path).is_file():
+            return {}
+        identity = file_identity(path)
+        return {"ckpt_size": identity["size"], "ckpt_sha256": identity["sha256"]}
+
     @rank_zero_only
     def _print_report(
         self,
@@ -631,8 +654,8 @@ class FairVLMCLI(LightningCLI):
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
             out = Path(log_dir) / f"{stage}_metrics.json"
-            record = {**values, **self._evaluated()}
-            out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            record = {**values, **self._evaluated(), **self._checkpoint_identity()}
+            atomic_write_text(out, json.dumps(record, indent=2, sort_keys=True) + "\n")
             print(f"logs:       {log_dir}")
             print(f"metrics:    {out}")
             config = Path(log_dir) / "config.yaml"

@@ -41,6 +41,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fairvlm_lightning.atomic import check_export_folder
 from fairvlm_lightning.callbacks import find_bad_pair_mining
 from fairvlm_lightning.encoders import DualEncoder, DualEncoderOutput, LossKind
 from fairvlm_lightning.losses import pair_losses
@@ -101,6 +102,7 @@ def _load_model(
     if isinstance(model, PretrainedConfig):
         return AutoModel.from_config(model)
     if isinstance(model, str):
+        check_export_folder(model)  # a `fairvlm export` folder must be complete
         try:
             # from_pretrained returns the model in eval mode; Lightning keeps modes as it finds
             # them, so put it in training mode like a freshly built module.
@@ -403,7 +405,8 @@ class FairVLMModule(pl.LightningModule):
         ValueError: bad ``loss``, ``fairness_statistic``, negative ``fairness_weight``, bad
             prompts or metric attributes.
         TypeError: ``model`` of an unsupported type, or a model that is not a dual encoder.
-        OSError: a name or folder that ``from_pretrained`` cannot load.
+        OSError: a name or folder that ``from_pretrained`` cannot load, or a ``fairvlm export``
+            folder without its completion marker (``IncompleteFolderError``).
 
     Example:
         >>> import torch

@@ -301,3 +301,66 @@ def test_detection_scores_against_sklearn() -> None:
     none = detection_scores(stat, np.zeros(n, bool), np.zeros(n, bool))
     assert math.isnan(none["precision"]) and math.isnan(none["recall"])
     assert math.isnan(none["auroc"])
+
+
+_STALLING_BENCHMARK = """
+import sys, time
+from pathlib import Path
+from fairvlm_lightning.benchmark import run_benchmark
+
+out, ready = sys.argv[1:3]
+
+class Stalling:  # a run that is in progress: its work folder holds its files
+    def __init__(self, *a, args, **k):
+        work = Path(args[args.index("--trainer.logger.init_args.save_dir") + 1])
+        (work / "in_progress.txt").write_text("mine")
+        Path(ready).touch()
+        time.sleep(120)
+
+run_benchmark(Stalling, configs=["synthetic_clip"], seeds=[0], out_dir=out, progress=False,
+              plots=False, bootstrap=0)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_second_benchmark_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    """Issue 19.6: two `fairvlm benchmark --out SAME` at once. The second one fails at once,
+    naming the first one's pid, and leaves the first one's work alone."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from fairvlm_lightning.atomic import InUseError
+    from fairvlm_lightning.benchmark import run_benchmark
+
+    out, ready = tmp_path / "bench", tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CONFIGS.parents[1]), *sys.path])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STALLING_BENCHMARK, str(out), str(ready)], env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, f"the first benchmark exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the first benchmark never started its run"
+            time.sleep(0.05)
+        work = out / "runs" / "synthetic_clip" / "seed_0" / "work"
+        with pytest.raises(InUseError, match=rf"bench is in use by pid {proc.pid} \(lock file"):
+            main(["benchmark", "--configs", "synthetic_clip", "--seeds", "0", "--out", str(out),
+                  "--no_plots", "--no_progress", "--bootstrap", "0"])
+        assert (work / "in_progress.txt").read_text() == "mine"  # not deleted by the second
+        assert proc.poll() is None  # and the first one still runs
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    class Failing:
+        def __init__(self, *a: object, **k: object) -> None:
+            raise ValueError("boom")
+
+    # the killed holder's lock is gone with it: the next benchmark runs (and redoes its run)
+    with pytest.raises(RuntimeError, match="benchmark run synthetic_clip seed 0 failed"):
+        run_benchmark(Failing, configs=["synthetic_clip"], seeds=[0], out_dir=out,
+                      progress=False, plots=False, bootstrap=0)
+    assert not (work / "in_progress.txt").exists()

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from fairvlm_lightning.atomic import check_export_folder
 from fairvlm_lightning.data.fairvlmed import load_fairvlmed, split_folder
 from fairvlm_lightning.data.sampling import (
     EpochShuffleSampler,
@@ -318,6 +319,7 @@ class FairVLMedDataModule(LightningDataModule):
             return
         from transformers import AutoImageProcessor, AutoTokenizer
 
+        check_export_folder(self.model)  # a `fairvlm export` folder must be complete
         tokenizer = AutoTokenizer.from_pretrained(self.model)
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token is None:
