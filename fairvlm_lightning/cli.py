@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
@@ -485,6 +485,10 @@ _MORE_COMMANDS = """other commands (each has --help):
   benchmark  every config x seed through `fit`, with a results table"""
 
 
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the epilog's lines kept as written."""
+
+
 class FairVLMCLI(LightningCLI):
     """``LightningCLI`` for :class:`FairVLMModule` + :class:`FairVLMedDataModule`.
 
@@ -521,7 +525,7 @@ class FairVLMCLI(LightningCLI):
         """Build the parser as ``LightningCLI`` does; ``--help`` also lists the other commands."""
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         if add_subcommands:
-            self.parser.formatter_class = argparse.RawDescriptionHelpFormatter
+            self.parser.formatter_class = _HelpFormatter
             self.parser.description = (
                 "Fair and robust CLIP fine-tuning: fit, validate, test, predict (LightningCLI), "
                 "plus the commands below."
