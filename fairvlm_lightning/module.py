@@ -360,7 +360,8 @@ class FairVLMModule(pl.LightningModule):
         max_logit_scale: optional cap on the exponentiated logit scale (OpenAI CLIP: 100).
         fairness_weight: :math:`\lambda` ≥ 0; 0 switches the Sinkhorn term off.
         fairness_attributes: batch keys of the protected attributes the term spans (values are
-            group ids, ``-1`` = unknown and left out).
+            group ids, ``-1`` = unknown and left out); for an attribute in ``metric_attributes``
+            an id outside ``0..n-1`` stops the training step with an error naming it.
         fairness_statistic: ``"loss"`` (per-pair contrastive loss, the paper) or
             ``"similarity"`` (matched-pair cosine similarity, as FairCLIP).
         sinkhorn_blur: GeomLoss blur of the Sinkhorn divergence (default 1e-2, see
