@@ -74,6 +74,9 @@ def check_checkpoint(path: str | os.PathLike[str]) -> Path:
             f"{what} is empty (a write that never happened or was cut off); use another "
             "checkpoint, e.g. the run's last.ckpt or an earlier epoch's file"
         )
+    with path.open("rb") as f:
+        if f.read(1) == b"\x80":  # torch's legacy (pre-1.6) format, a bare pickle stream
+            return path  # not checkable without reading it all: load_checkpoint names it
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()

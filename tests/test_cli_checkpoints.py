@@ -54,3 +54,10 @@ def test_missing_file_and_refused_objects_keep_their_own_errors(tmp_path: Path) 
     with pytest.raises(CheckpointError, match="holds a list, not a checkpoint dictionary"):
         torch.save([1, 2], odd)
         load_checkpoint(odd)
+
+
+def test_legacy_format_is_not_mistaken_for_a_cut_file(tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy.ckpt"  # torch < 1.6's format: a pickle stream, no zip directory
+    torch.save({"epoch": 1, "w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert check_checkpoint(legacy) == legacy
+    assert load_checkpoint(legacy)["epoch"] == 1
