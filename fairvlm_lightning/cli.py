@@ -27,7 +27,16 @@ best checkpoint and prints a per-attribute fairness table; ``validate``, ``test`
 * after ``fit`` (unless ``--test_after_fit false``) the best checkpoint is tested, and after
   ``fit``, ``validate`` and ``test`` a table of AUC, ES-AUC, group AUCs, DPD and DEOdds per
   attribute is printed (and saved as ``<run folder>/<stage>_metrics.json``) together with where
-  the logs and the checkpoint went (``--print_table false`` turns this off).
+  the logs and the checkpoint went (``--print_table false`` turns this off); each line names
+  the file it is computed from (``checkpoint:`` the evaluated file, ``last:`` this fit's
+  latest state);
+* a ``--ckpt_path`` that is missing, empty, truncated or corrupt is refused naming the file
+  (:mod:`fairvlm_lightning.checkpoints`), and a run that fails before writing anything removes
+  the run folder it claimed;
+* a run stopped by SIGTERM exits with status 143 (:data:`EXIT_SIGTERM`), not 0;
+* ``fairvlm`` (:func:`main`) runs inside :func:`quiet_terminal`: besides Lightning's progress
+  bar, the main command prints the table and the summary only; ``fairvlm --help`` also names
+  ``configs``, ``probe``, ``export`` and ``benchmark``.
 """
 
 from __future__ import annotations
