@@ -28,27 +28,45 @@ best checkpoint and prints a per-attribute fairness table; ``validate``, ``test`
 * after ``fit`` (unless ``--test_after_fit false``) the best checkpoint is tested, and after
   ``fit``, ``validate`` and ``test`` a table of AUC, ES-AUC, group AUCs, DPD and DEOdds per
   attribute is printed (and saved as ``<run folder>/<stage>_metrics.json``) together with where
-  the logs and the checkpoint went (``--print_table false`` turns this off).
+  the logs and the checkpoint went (``--print_table false`` turns this off); each line names
+  the file it is computed from (``checkpoint:`` the evaluated file, ``last:`` this fit's
+  latest state);
+* a ``--ckpt_path`` that is missing, empty, truncated or corrupt is refused naming the file
+  (:mod:`fairvlm_lightning.checkpoints`), and a run that fails before writing anything removes
+  the run folder it claimed;
+* a run stopped by SIGTERM exits with status 143 (:data:`EXIT_SIGTERM`), not 0;
+* ``fairvlm`` (:func:`main`) runs inside :func:`quiet_terminal`: besides Lightning's progress
+  bar, the main command prints the table and the summary only; ``fairvlm --help`` also names
+  ``configs``, ``probe``, ``export`` and ``benchmark``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import re
+import shutil
+import signal
 import sys
-from collections.abc import Mapping
+import textwrap
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fairvlm_lightning.atomic import atomic_write_text, file_identity
+from fairvlm_lightning.checkpoints import CheckpointError, check_checkpoint, load_checkpoint
 from fairvlm_lightning.configs import configs_dir, resolve_config, shipped_configs
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.data.synthetic import expand_cache_path
@@ -56,6 +74,7 @@ from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import GROUP_NAMES
 
 __all__ = [
+    "EXIT_SIGTERM",
     "GROUP_NAMES",
     "FairVLMCLI",
     "benchmark",
@@ -65,6 +84,7 @@ __all__ = [
     "format_fairness_table",
     "main",
     "parameter_summary",
+    "quiet_terminal",
     "resolve_config",
     "shipped_configs",
 ]
@@ -316,11 +336,17 @@ def _resolve_config_args(args: list[str]) -> list[str]:
     return out
 
 
-def _first_comment(path: Path) -> str:
+def _description(path: Path) -> str:
+    """A config's description: its header comment up to the example command, joined."""
+    words: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        text = line[1:]
+        if text.startswith("  ") and text.strip():  # the indented example command ends it
+            break
+        words += text.split()
+    return " ".join(words)
 
 
 def _configs_command(args: list[str]) -> None:
@@ -329,9 +355,18 @@ def _configs_command(args: list[str]) -> None:
     parser.parse_args(args)
     shipped = shipped_configs()
     width = max(len(n) for n in shipped)
+    columns = max(60, shutil.get_terminal_size((100, 24)).columns)
     print(f"shipped configs (in {configs_dir()}); use them as --config NAME:")
     for name, path in shipped.items():
-        print(f"  {name:<{width}}  {_first_comment(path)}")
+        print(
+            textwrap.fill(
+                _description(path),
+                width=columns - 1,
+                initial_indent=f"  {name:<{width}}  ",
+                subsequent_indent=" " * (width + 4),
+                break_on_hyphens=False,
+            )
+        )
 
 
 def _probe_command(args: list[str]) -> dict[str, float]:
@@ -355,10 +390,12 @@ def _probe_command(args: list[str]) -> dict[str, float]:
     parser.add_argument("--json", default=None, help="also write the values to this JSON file")
     own, rest = parser.parse_known_args(args)
     ckpt = Path(own.ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt}")
+    try:
+        check_checkpoint(ckpt)
+    except (FileNotFoundError, CheckpointError) as err:
+        parser.error(f"--ckpt_path: {err}")
     cli = FairVLMCLI(args=_resolve_config_args(rest), run=False)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = load_checkpoint(ckpt)
     if "state_dict" not in state:
         raise ValueError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict')")
     cli.model.load_state_dict(state["state_dict"])
@@ -409,6 +446,10 @@ def _export_command(args: list[str]) -> Path:
         "--no_evaluate", action="store_true", help="never test the checkpoint at export"
     )
     own = parser.parse_args(args)
+    try:
+        check_checkpoint(own.ckpt_path)
+    except (FileNotFoundError, CheckpointError) as err:
+        parser.error(f"--ckpt_path: {err}")
     out = export_checkpoint(
         own.ckpt_path,
         own.out,
@@ -443,26 +484,46 @@ def _resolve_seeds(cfg: Any) -> dict[str, Any]:
     return out
 
 
-@rank_zero_only
-def _print_seeds(seeds: Mapping[str, Any]) -> None:
+def _seeds_line(seeds: Mapping[str, Any]) -> str:
     if "data.seed" not in seeds:
-        return
+        return ""
     source = {"explicit": "given", "seed_everything": "from seed_everything"}.get(
         seeds["data.seed_source"], "default, seed_everything off"
     )
-    print(
-        f"seeds: seed_everything={seeds['seed_everything']}, "
-        f"data.seed={seeds['data.seed']} ({source})",
-        flush=True,
+    return (
+        f"seeds:      seed_everything={seeds['seed_everything']}, "
+        f"data.seed={seeds['data.seed']} ({source})"
     )
+
+
+#: Exit status of a command stopped by SIGTERM (128 + 15, as shells report it).
+EXIT_SIGTERM = 128 + int(signal.SIGTERM)
+
+# What a run folder holds once the trainer is set up, before anything was trained or evaluated.
+_SETUP_FILES = frozenset({"config.yaml", "hparams.yaml"})
+
+_MORE_COMMANDS = """other commands (each has --help):
+  configs    list the shipped configs (use one as --config NAME)
+  probe      linear probe of a checkpoint's features: probe --config X --ckpt_path Y
+  export     a checkpoint as a Hugging Face folder: export --ckpt_path Y --out DIR
+  benchmark  every config x seed through `fit`, with a results table"""
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the epilog's lines kept as written."""
 
 
 class FairVLMCLI(LightningCLI):
     """``LightningCLI`` for :class:`FairVLMModule` + :class:`FairVLMedDataModule`.
 
     Any ``LightningCLI`` argument can be passed; ``save_config_kwargs`` defaults to
-    ``{"overwrite": True}`` and ``auto_configure_optimizers`` to ``False`` (the module configures
-    its own optimiser and scheduler from ``model.optimizer`` / ``model.scheduler``).
+    ``{"overwrite": True}``, ``auto_configure_optimizers`` to ``False`` (the module configures
+    its own optimiser and scheduler from ``model.optimizer`` / ``model.scheduler``) and the
+    trainer's ``enable_model_summary`` to ``False`` (the summary prints a parameter line).
+    A shipped config can be named by its bare name (``--config synthetic_clip``).
+
+    Example:
+        >>> cli = FairVLMCLI(args=["--config", "synthetic_clip"], run=False)  # doctest: +SKIP
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -470,9 +531,30 @@ class FairVLMCLI(LightningCLI):
         kwargs.setdefault("datamodule_class", FairVLMedDataModule)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
+        trainer_defaults = dict(kwargs.get("trainer_defaults") or {})
+        trainer_defaults.setdefault("enable_model_summary", False)
+        kwargs["trainer_defaults"] = trainer_defaults
         self.test_results: dict[str, float] = {}
         self.seeds: dict[str, Any] = {}
+        self._claimed: list[Path] = []
+        self._latest: list[str] = []
         super().__init__(*args, **kwargs)
+
+    def setup_parser(
+        self,
+        add_subcommands: bool,
+        main_kwargs: dict[str, Any],
+        subparser_kwargs: dict[str, Any],
+    ) -> None:
+        """Build the parser as ``LightningCLI`` does; ``--help`` also lists the other commands."""
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            self.parser.formatter_class = _HelpFormatter
+            self.parser.description = (
+                "Fair and robust CLIP fine-tuning: fit, validate, test, predict (LightningCLI), "
+                "plus the commands below."
+            )
+            self.parser.epilog = _MORE_COMMANDS
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link prompt padding to the data and add the reporting switches."""
@@ -503,21 +585,33 @@ class FairVLMCLI(LightningCLI):
     # ------------------------------------------------------------ run folders / checkpoints
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, then resolve ``--ckpt_path last`` and refuse an evaluation of no checkpoint.
+        """Parse, resolve ``--ckpt_path last``, check the checkpoint, refuse evaluating nothing.
 
-        Runs before Lightning reads the checkpoint's hyper-parameters, so a resolved ``last``
-        is read exactly as a path given by hand.
+        ``args`` (default ``sys.argv[1:]``) may name a shipped config by its bare name. Runs
+        before Lightning reads the checkpoint's hyper-parameters, so a resolved ``last`` is
+        read exactly as a path given by hand, and a truncated or corrupt checkpoint is refused
+        naming the file before any run folder is made.
         """
-        super().parse_arguments(parser, args)
+        argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, (dict, Namespace)):
+            self.config = parser.parse_object(argv)
+        else:
+            self.config = parser.parse_args(_resolve_config_args(list(argv)))
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         cfg = self.config[subcommand]
         if cfg.get("ckpt_path") == "last":
-            cfg.ckpt_path = str(self._resolve_last(cfg, parser))
+            cfg.ckpt_path = str(self._resolve_last(cfg, parser, subcommand))
+        ckpt = cfg.get("ckpt_path")
+        if ckpt is not None and ckpt not in ("best", "hpc") and not _is_remote_or_registry(ckpt):
+            try:
+                check_checkpoint(ckpt)
+            except (FileNotFoundError, CheckpointError) as err:
+                parser.error(f"--ckpt_path: {err}")
         if (
             subcommand in ("validate", "test")
-            and cfg.get("ckpt_path") is None
+            and ckpt is None
             and not cfg.get("initial_weights", False)
         ):
             parser.error(
@@ -527,7 +621,7 @@ class FairVLMCLI(LightningCLI):
                 "purpose (recorded in the metrics JSON)."
             )
 
-    def _resolve_last(self, cfg: Any, parser: LightningArgumentParser) -> Path:
+    def _resolve_last(self, cfg: Any, parser: LightningArgumentParser, subcommand: str) -> Path:
         trainer_cfg = cfg.get("trainer")
         folders: list[Path] = []
         for callback in (trainer_cfg.get("callbacks") or []) if trainer_cfg is not None else []:
@@ -549,7 +643,9 @@ class FairVLMCLI(LightningCLI):
                 f"--ckpt_path last: no last*.ckpt found in the earlier runs ({where}; from the "
                 f"working directory {os.getcwd()}); pass the checkpoint file instead"
             )
-        print(f"resuming:   {found}")
+        # evaluations name the file in their summary (``checkpoint:``); a fit says it resumes
+        if subcommand == "fit" and getattr(rank_zero_only, "rank", 0) == 0:
+            print(f"resuming:   {found}", flush=True)
         return found
 
     def instantiate_classes(self) -> None:
@@ -570,12 +666,17 @@ class FairVLMCLI(LightningCLI):
                     continue
                 init.version = claim_version(root)
                 claimed.append(init)
+                self._claimed.append(root / f"version_{init.version}")
         try:
             super().instantiate_classes()
+        except BaseException:
+            self._remove_unused_run_folders()
+            raise
         finally:
             for init in claimed:
                 init.version = None
         self._warn_last_is_best()
+        self._hide_version_number()
 
     def _warn_last_is_best(self) -> None:
         callbacks = getattr(self.trainer, "checkpoint_callbacks", [])
@@ -590,6 +691,65 @@ class FairVLMCLI(LightningCLI):
                     "unmonitored ModelCheckpoint(filename='last'), as the shipped configs do."
                 )
 
+    def _hide_version_number(self) -> None:
+        """Drop ``v_num`` from the progress bar: the summary names the run folder."""
+        bar = getattr(self.trainer, "progress_bar_callback", None)
+        if bar is None:
+            return
+        get_metrics = bar.get_metrics
+
+        def without_version(trainer: Any, pl_module: Any) -> dict[str, Any]:
+            metrics = dict(get_metrics(trainer, pl_module))
+            metrics.pop("v_num", None)
+            return metrics
+
+        setattr(bar, "get_metrics", without_version)  # noqa: B010 (an instance's bound method)
+
+    def _remove_unused_run_folders(self) -> None:
+        """Remove the run folders this process claimed if the run wrote nothing but its setup.
+
+        A run that fails before training or evaluating anything (a checkpoint that does not fit
+        the model, a bad argument found late) would otherwise leave an empty ``version_<n>``.
+        """
+        for folder in self._claimed:
+            if not folder.is_dir():
+                continue
+            files = [p for p in folder.rglob("*") if p.is_file()]
+            if all(p.parent == folder and p.name in _SETUP_FILES for p in files):
+                shutil.rmtree(folder, ignore_errors=True)
+        self._claimed = []
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run as ``LightningCLI`` does; SIGTERM exits with status 143 and says so.
+
+        Lightning stops a run on SIGTERM with an exception that exits with status 0, which a
+        scheduler or shell would read as success. The checkpoints already written stay as they
+        are (the signal is handled between steps, never inside a write).
+        """
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException as stop:
+            print(self._sigterm_message(subcommand), file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_SIGTERM) from stop
+        except BaseException:
+            if getattr(rank_zero_only, "rank", 0) == 0:
+                self._remove_unused_run_folders()
+            raise
+
+    def _sigterm_message(self, subcommand: str) -> str:
+        trainer = self.trainer
+        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        message = f"fairvlm {subcommand}: stopped by SIGTERM ({where}); exit status {EXIT_SIGTERM}"
+        if subcommand == "fit":
+            latest = self._latest_state_files()
+            if latest:
+                message += (
+                    f". The latest finished epoch's state is {latest[0]}; continue with "
+                    "--ckpt_path last"
+                )
+            message += ". Not tested."
+        return message
+
     def before_instantiate_classes(self) -> None:
         """Create the synthetic data and tiny model when configured and missing."""
         cfg = self._cfg()
@@ -599,7 +759,6 @@ class FairVLMCLI(LightningCLI):
         if data is None:
             return
         self.seeds = _resolve_seeds(cfg)
-        _print_seeds(self.seeds)
         if data.get("synthetic"):
             kwargs = dict(data.get("synthetic_kwargs") or {})
             ensure_synthetic_assets(data.root, **kwargs)
@@ -610,6 +769,15 @@ class FairVLMCLI(LightningCLI):
 
     # ----------------------------------------------------------------- reporting
 
+    def _latest_state_files(self) -> list[str]:
+        """The files holding the latest state: unmonitored checkpoints, then save_last copies."""
+        callbacks = [
+            cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+        ]
+        paths = [cb.best_model_path for cb in callbacks if cb.monitor is None]
+        paths += [cb.last_model_path for cb in callbacks]
+        return [p for p in paths if p]
+
     def _report(
         self, stage: str, metrics: Mapping[str, Any], train: Mapping[str, Any] | None = None
     ) -> None:
@@ -618,7 +786,10 @@ class FairVLMCLI(LightningCLI):
         attributes = getattr(self.model, "metric_attributes", {})
         values = {k: _value(metrics, k) for k in metrics if k.startswith(f"{stage}/")}
         self.test_results = values
-        self._print_report(stage, values, attributes, train or {})
+        # On every rank: ``Trainer.log_dir`` broadcasts rank 0's folder under DDP, so asking for
+        # it on rank 0 alone would leave the collective half-joined.
+        log_dir = self.trainer.log_dir
+        self._print_report(stage, values, attributes, train or {}, log_dir)
 
     def _evaluated(self) -> dict[str, Any]:
         """What the metrics are of: ``ckpt_path`` (or ``None``) and ``initial_weights``."""
@@ -634,6 +805,24 @@ class FairVLMCLI(LightningCLI):
         identity = file_identity(path)
         return {"ckpt_size": identity["size"], "ckpt_sha256": identity["sha256"]}
 
+    def _summary_checkpoints(self, stage: str) -> tuple[str, str]:
+        """``(checkpoint, last)`` of the summary: the file evaluated, and this fit's latest state.
+
+        ``checkpoint`` is the file the metrics are of (the JSON's ``ckpt_path``); after a fit
+        without a test, the best checkpoint of the fit. ``last`` (fit only) is the latest-state
+        file as it was at the end of training, before testing reloaded the callbacks' state from
+        the tested checkpoint.
+        """
+        if self.subcommand != "fit":
+            return self._evaluated()["ckpt_path"] or "", ""
+        if stage == "test":
+            checkpoint = self._evaluated()["ckpt_path"] or ""
+        else:
+            ckpt = self.trainer.checkpoint_callback
+            checkpoint = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        last = next((p for p in self._latest if p != checkpoint), "")
+        return checkpoint, last
+
     @rank_zero_only
     def _print_report(
         self,
@@ -641,6 +830,7 @@ class FairVLMCLI(LightningCLI):
         values: dict[str, float],
         attributes: Mapping[str, int],
         train: Mapping[str, Any],
+        log_dir: str | None,
     ) -> None:
         trainer = self.trainer
         print()
@@ -650,7 +840,9 @@ class FairVLMCLI(LightningCLI):
             print(dbpm)
         if isinstance(self.model, torch.nn.Module):
             print(parameter_summary(self.model))
-        log_dir = trainer.log_dir
+        seeds = _seeds_line(self.seeds)
+        if seeds:
+            print(seeds)
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
             out = Path(log_dir) / f"{stage}_metrics.json"
@@ -663,29 +855,17 @@ class FairVLMCLI(LightningCLI):
                 print(f"config:     {config}")
         if self._evaluated()["initial_weights"]:
             print("weights:    initial (no --ckpt_path; --initial_weights true)")
-        ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        if best:
-            print(f"checkpoint: {best}")
-        # The latest state: an unmonitored checkpoint's file, else a save_last copy.
-        lasts = [
-            cb.best_model_path
-            for cb in trainer.checkpoint_callbacks
-            if isinstance(cb, ModelCheckpoint) and cb.monitor is None and cb.best_model_path
-        ]
-        lasts += [
-            cb.last_model_path
-            for cb in trainer.checkpoint_callbacks
-            if isinstance(cb, ModelCheckpoint) and cb.last_model_path
-        ]
-        last = lasts[0] if lasts else ""
-        if last and last != best:
+        checkpoint, last = self._summary_checkpoints(stage)
+        if checkpoint:
+            print(f"checkpoint: {checkpoint}")
+        if last:
             print(f"last:       {last}")
         # Lightning sets Trainer.callbacks in its callback connector; its class does not declare it
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             export = getattr(callback, "export_dir", None)
             if export:
                 print(f"DBPM flags: {export}")
+        sys.stdout.flush()
 
     def after_fit(self) -> None:
         """Test the best checkpoint and print the fairness table."""
@@ -694,6 +874,7 @@ class FairVLMCLI(LightningCLI):
         if trainer.interrupted:
             return
         train = dict(trainer.callback_metrics)  # the last epoch's logs, before testing
+        self._latest = self._latest_state_files()  # before testing reloads the callbacks' state
         if cfg.get("test_after_fit", True):
             ckpt = trainer.checkpoint_callback
             best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
@@ -711,6 +892,11 @@ class FairVLMCLI(LightningCLI):
     def after_test(self) -> None:
         """Print the fairness table of the test run."""
         self._report("test", dict(self.trainer.callback_metrics))
+
+
+def _is_remote_or_registry(path: Any) -> bool:
+    text = str(path)
+    return "://" in text or text == "registry" or text.startswith("registry:")
 
 
 def benchmark(**kwargs: Any) -> dict[str, Any]:
@@ -746,11 +932,63 @@ _EXTRA_COMMANDS = {
 }
 
 
+@contextlib.contextmanager
+def quiet_terminal() -> Iterator[None]:
+    """Keep third-party chatter off the ``fairvlm`` terminal; restore everything on exit.
+
+    Inside the block: Lightning's and Lightning Fabric's loggers show warnings and errors only
+    (their info lines, such as ``GPU available``, ``Seed set to``, ``Restoring states`` and the
+    LitLogger tip, are left out: the command's own summary says where everything went), the
+    progress bars of ``transformers`` (loading and writing weights) and ``datasets`` (the data
+    module's one-off preprocessing) are off, and one third-party deprecation warning that the
+    project cannot avoid is filtered (see the comment at the filter). Warnings otherwise show
+    as usual. Lightning's own training and evaluation progress bars are not affected.
+
+    Example:
+        >>> import logging
+        >>> with quiet_terminal():
+        ...     logging.getLogger("lightning.pytorch").getEffectiveLevel() >= logging.WARNING
+        True
+    """
+    import datasets
+    import transformers
+
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    hf_bars = transformers.utils.logging.is_progress_bar_enabled()
+    data_bars = datasets.utils.logging.is_progress_bar_enabled()
+    try:
+        for lg in loggers:
+            if lg.getEffectiveLevel() < logging.WARNING:
+                lg.setLevel(logging.WARNING)
+        transformers.utils.logging.disable_progress_bar()
+        datasets.utils.logging.disable_progress_bar()
+        with warnings.catch_warnings():
+            # Lightning 2.6's own pytree helper (lightning.pytorch.utilities._pytree) still
+            # uses torch's LeafSpec, deprecated in recent torch; it fires on every batch
+            # transfer, whatever the caller does. Only this message, category and module.
+            warnings.filterwarnings(
+                "ignore",
+                message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                category=FutureWarning,
+                module=r"lightning\.pytorch\.utilities\._pytree",
+            )
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if hf_bars:
+            transformers.utils.logging.enable_progress_bar()
+        if data_bars:
+            datasets.utils.logging.enable_progress_bar()
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``fairvlm`` console script.
 
     ``fairvlm benchmark ...`` runs :func:`benchmark` (``fairvlm benchmark --help``); every
-    other subcommand is :class:`FairVLMCLI`'s.
+    other subcommand is :class:`FairVLMCLI`'s. Runs inside :func:`quiet_terminal`.
 
     Args:
         args: command-line arguments (default ``sys.argv[1:]``), e.g.
@@ -758,12 +996,17 @@ def main(args: list[str] | None = None) -> None:
             Besides ``LightningCLI``'s subcommands: ``probe --config X --ckpt_path Y`` (linear
             probe of a checkpoint), ``export --ckpt_path Y --out DIR`` (Hugging Face folder) and
             ``configs`` (list the shipped configs).
+
+    Raises:
+        SystemExit: status 2 for a bad argument (a missing, truncated or corrupt
+            ``--ckpt_path`` included), 143 when the run was stopped by SIGTERM.
     """
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] in _EXTRA_COMMANDS:
-        _EXTRA_COMMANDS[argv[0]](argv[1:])
-        return
-    FairVLMCLI(args=_resolve_config_args(argv))
+    with quiet_terminal():
+        if argv and argv[0] in _EXTRA_COMMANDS:
+            _EXTRA_COMMANDS[argv[0]](argv[1:])
+            return
+        FairVLMCLI(args=argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from fairvlm_lightning.atomic import EXPORT_TAG, atomic_folder, file_identity
+from fairvlm_lightning.checkpoints import load_checkpoint
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import GROUP_NAMES
 
@@ -484,7 +485,7 @@ def export_checkpoint(
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = load_checkpoint(path)
     if not isinstance(raw, dict) or "state_dict" not in raw or "hyper_parameters" not in raw:
         raise ValueError(
             f"{path} is not a FairVLMModule Lightning checkpoint (needs 'state_dict' and "

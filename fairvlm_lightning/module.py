@@ -362,7 +362,8 @@ class FairVLMModule(pl.LightningModule):
         max_logit_scale: optional cap on the exponentiated logit scale (OpenAI CLIP: 100).
         fairness_weight: :math:`\lambda` ≥ 0; 0 switches the Sinkhorn term off.
         fairness_attributes: batch keys of the protected attributes the term spans (values are
-            group ids, ``-1`` = unknown and left out).
+            group ids, ``-1`` = unknown and left out); for an attribute in ``metric_attributes``
+            an id outside ``0..n-1`` stops the training step with an error naming it.
         fairness_statistic: ``"loss"`` (per-pair contrastive loss, the paper) or
             ``"similarity"`` (matched-pair cosine similarity, as FairCLIP).
         sinkhorn_blur: GeomLoss blur of the Sinkhorn divergence (default 1e-2, see
@@ -655,6 +656,8 @@ class FairVLMModule(pl.LightningModule):
         if self.fairness_weight > 0:
             needed += list(self.fairness_attributes)
         self._require(batch, needed, "training")
+        if self.fairness_weight > 0:
+            self._check_group_ids(batch)
         out = self.encoder(batch["pixel_values"], batch["input_ids"], batch.get("attention_mask"))
         losses = self._pair_losses(out)
         if self._skip_nonfinite_step(losses, batch, out):
@@ -667,6 +670,41 @@ class FairVLMModule(pl.LightningModule):
             logs.update(fair_logs)
         self._log_training(logs, total, batch_size=losses.shape[0])
         return {"loss": total, "pair_losses": losses.detach(), "index": batch["index"]}
+
+    def _check_group_ids(self, batch: Mapping[str, Any]) -> None:
+        """Refuse fairness-attribute group ids outside ``0..n-1`` (``-1`` = unknown).
+
+        ``n`` is the attribute's group count in ``metric_attributes``; without this an id of 7
+        for a 3-group attribute would silently become an extra Sinkhorn group in training and
+        only the evaluation would reject it. One host sync for all attributes.
+        """
+        declared = [
+            (a, int(self.metric_attributes[a]))
+            for a in self.fairness_attributes
+            if a in self.metric_attributes
+        ]
+        if not declared:
+            return
+        ids = torch.stack([torch.as_tensor(batch[a]).reshape(-1).long() for a, _ in declared])
+        limits = torch.tensor([n for _, n in declared], device=ids.device).unsqueeze(1)
+        bad = (ids >= limits) | (ids < -1)
+        if not bool(bad.any()):
+            return
+        k = int(bad.any(dim=1).nonzero()[0, 0])  # the first attribute with a bad id
+        (attr, n), row = declared[k], bad[k]
+        values = sorted({int(v) for v in ids[k][row].tolist()})
+        index = batch.get("index")
+        where = (
+            f" at dataset indices {index[row.to(index.device)].tolist()}"
+            if isinstance(index, Tensor)
+            else ""
+        )
+        raise ValueError(
+            f"training batch: attribute {attr!r} has group id(s) {values}{where}, outside its "
+            f"range 0..{n - 1} (metric_attributes declares {n} groups for {attr!r}; -1 = "
+            "unknown). Fix the data's group coding, or declare the right count in "
+            "metric_attributes."
+        )
 
     def _pair_losses(self, out: DualEncoderOutput) -> Tensor:
         """``(B,)`` float32 per-pair contrastive losses of the encoder output."""
@@ -714,7 +752,8 @@ class FairVLMModule(pl.LightningModule):
     def _log_training(self, logs: dict[str, Tensor], total: Tensor, batch_size: int) -> None:
         if self._trainer is None:  # also usable as a plain function (tests, doctests)
             return
-        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=batch_size)
+        # sync_dist: the epoch values are means over every process's pairs under DDP
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.log(
             "train/loss",
             total.detach(),
@@ -722,6 +761,7 @@ class FairVLMModule(pl.LightningModule):
             on_step=True,
             on_epoch=True,
             batch_size=batch_size,
+            sync_dist=True,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -755,7 +795,9 @@ class FairVLMModule(pl.LightningModule):
     def _log_metrics(self, stage: str, metrics: FairnessMetrics) -> dict[str, Tensor]:
         values = {f"{stage}/{k}": v.float() for k, v in metrics.compute().items()}
         metrics.reset()
-        self.log_dict(values)
+        # Already global: the metric states are gathered from every process before compute, so
+        # the values are the same on each; the max of equal values returns them bit for bit.
+        self.log_dict(values, sync_dist=True, reduce_fx="max")
         return values
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -338,3 +339,180 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     assert torch.equal(a["flags"], b["flags"])
     for key, value in reference["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- issue 19
+
+
+def _fit_once(root: Path, kwargs: dict, *extra: str) -> Path:
+    """``fairvlm fit`` of synthetic_clip, 1 step per epoch; returns the run's last.ckpt."""
+    main(
+        [
+            "fit",
+            *_args("synthetic_clip.yaml", root, kwargs),
+            "--trainer.limit_train_batches",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--test_after_fit",
+            "false",
+            "--print_table",
+            "false",
+            *extra,
+        ]
+    )
+    runs = sorted((Path("runs") / "synthetic_clip").iterdir(), key=lambda p: p.stat().st_mtime)
+    return runs[-1] / "checkpoints" / "last.ckpt"
+
+
+def test_truncated_or_empty_checkpoint_is_named_by_every_command(
+    synthetic_root: Path,
+    synthetic_kwargs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Item 9: ``OSError: [Errno 22]`` / a bare ``EOFError`` before; now the file is named, for
+    test, fit (resume), probe and export, and no run folder is left behind."""
+    monkeypatch.chdir(tmp_path)
+    good = _fit_once(synthetic_root, synthetic_kwargs, "--trainer.max_epochs", "1")
+    data = good.read_bytes()
+    truncated, empty = tmp_path / "truncated.ckpt", tmp_path / "empty.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    empty.write_bytes(b"")
+    args = _args("synthetic_clip.yaml", synthetic_root, synthetic_kwargs)
+    for bad, what in ((truncated, "is truncated or corrupt"), (empty, "is empty")):
+        commands = [
+            ["test", *args, "--ckpt_path", str(bad)],
+            ["fit", *args, "--ckpt_path", str(bad)],
+            ["probe", *args, "--ckpt_path", str(bad)],
+            ["export", "--ckpt_path", str(bad), "--out", str(tmp_path / "exported")],
+        ]
+        for command in commands:
+            with pytest.raises(SystemExit) as exc:
+                main(command)
+            assert exc.value.code == 2, command[0]
+            err = capsys.readouterr().err
+            assert f"checkpoint {bad} (" in err and what in err, (command[0], err[-800:])
+    assert [p.name for p in (tmp_path / "runs" / "synthetic_clip").iterdir()] == ["version_0"]
+    assert not (tmp_path / "exported").exists()
+
+
+def test_failed_resume_leaves_no_empty_run_folder(
+    synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 9: a resume that fails once the run folder is claimed (a readable file that is no
+    Lightning checkpoint) used to leave ``version_N`` behind with nothing in it."""
+    monkeypatch.chdir(tmp_path)
+    not_lightning = tmp_path / "weights.ckpt"
+    torch.save({"weights": torch.ones(2)}, not_lightning)
+    args = _args("synthetic_clip.yaml", synthetic_root, synthetic_kwargs)
+    with pytest.raises(Exception) as exc:  # noqa: PT011 (Lightning's own error)
+        main(["fit", *args, "--ckpt_path", str(not_lightning)])
+    assert not isinstance(exc.value, SystemExit)
+    root = tmp_path / "runs" / "synthetic_clip"
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_summary_lines_name_the_checkpoints_they_are_computed_from(
+    synthetic_root: Path,
+    synthetic_kwargs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Item 8: after a resume ``last:`` named the previous run's file, and ``test --ckpt_path
+    last`` printed the best epoch as ``checkpoint:`` (and "resuming:") while the JSON named
+    last.ckpt."""
+    monkeypatch.chdir(tmp_path)
+    base = [
+        *_args("synthetic_clip.yaml", synthetic_root, synthetic_kwargs),
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    main(["fit", *base, "--trainer.max_epochs", "2"])
+    capsys.readouterr()
+    main(["fit", *base, "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    out = capsys.readouterr().out
+
+    def line(text: str, key: str) -> str:
+        return next(x for x in text.splitlines() if x.startswith(f"{key}:")).split(":", 1)[1]
+
+    runs = Path("runs") / "synthetic_clip"
+    assert f"resuming:   {runs / 'version_0' / 'checkpoints' / 'last.ckpt'}" in out
+    last = Path(line(out, "last").strip())
+    assert last == runs / "version_1" / "checkpoints" / "last.ckpt"
+    assert _ckpt(last)["epoch"] == 2  # the resumed run's final epoch, read from the file named
+    tested = line(out, "checkpoint").strip()
+    record = json.loads((runs / "version_1" / "test_metrics.json").read_text())
+    assert record["ckpt_path"] == tested  # the file tested, as the JSON records it
+    epoch = re.search(r"epoch=(\d+)", tested)
+    assert epoch and _ckpt(tested)["epoch"] == int(epoch.group(1))
+
+    main(["test", *base, "--ckpt_path", "last"])
+    out = capsys.readouterr().out
+    assert "resuming" not in out
+    record = json.loads((runs / "version_2" / "test_metrics.json").read_text())
+    assert record["ckpt_path"] == str(last)
+    assert line(out, "checkpoint").strip() == str(last)
+    assert "last:" not in out  # an evaluation names the one file it evaluated
+
+
+TERMINATOR = '''
+import os
+import signal
+
+from lightning.pytorch import Callback
+
+
+class TermAt(Callback):
+    """SIGTERM this process when the training loop is about to take step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+'''
+
+
+def test_sigterm_mid_epoch_exits_143_and_keeps_the_last_epoch(
+    synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 7: Lightning stops on SIGTERM with exit status 0, read as success by schedulers."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "terminator.py").write_text(TERMINATOR)
+    args = _args(
+        "synthetic_clip.yaml",
+        synthetic_root,
+        synthetic_kwargs,
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.callbacks+",
+        json.dumps({"class_path": "terminator.TermAt", "init_args": {"step": 4}}),
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fairvlm_lightning.cli", "fit", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 128 + signal.SIGTERM == 143, proc.stderr[-3000:]
+    # signalled as step 5 (index 4) starts: Lightning finishes that step, then stops
+    assert "stopped by SIGTERM (epoch 1, step 5)" in proc.stderr
+    assert "exit status 143" in proc.stderr
+    run = tmp_path / "runs" / "synthetic_clip" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    assert str(last.relative_to(tmp_path)) in proc.stderr
+    state = _ckpt(last)  # intact: loads, and holds the last finished epoch
+    assert state["epoch"] == 0 and state["global_step"] == 3
+    assert not (run / "test_metrics.json").exists()  # not tested, nothing reported as a result

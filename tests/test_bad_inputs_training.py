@@ -205,3 +205,32 @@ def test_missing_relative_model_folder_says_which_and_from_where(
     assert "'.fairvlm_cache/synthetic/tiny_model'" in msg
     assert f"working directory {os.getcwd()}" in msg
     assert str(tmp_path / ".fairvlm_cache" / "synthetic" / "tiny_model") in msg
+
+
+# --------------------------------------------------------------------------- group ids (issue 19)
+
+
+def test_group_id_above_the_declared_count_is_refused_in_training() -> None:
+    """Race 7 of 3 groups used to become an extra Sinkhorn group ``race/7`` in training (only
+    the evaluation rejected it); now the step stops, naming attribute, value, range and pairs."""
+    module = FairVLMModule(
+        _config(),
+        fairness_weight=0.5,
+        fairness_attributes=("race", "gender"),
+        metric_attributes={"race": 3, "gender": 2},
+    )
+    batch = _batch()
+    batch["gender"] = torch.tensor([0, 1, 0, 1, 0, 1])
+    batch["race"] = torch.tensor([0, 1, 7, 2, 7, -1])  # -1 = unknown: allowed
+    with pytest.raises(ValueError) as err:
+        module.training_step(batch, 0)
+    msg = str(err.value)
+    assert "'race'" in msg and "[7]" in msg and "0..2" in msg and "3 groups" in msg
+    assert "dataset indices [102, 104]" in msg  # _batch's index starts at 100
+    batch["race"] = torch.tensor([0, 1, 2, 2, 1, -1])
+    batch["gender"] = torch.tensor([0, 1, 2, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"'gender' has group id\(s\) \[2\].*range 0\.\.1"):
+        module.training_step(batch, 0)
+    # in range (and unknowns): the step runs, and the term spans only the declared groups
+    batch["gender"] = torch.tensor([0, 1, 0, 1, 0, -1])
+    assert torch.isfinite(module.training_step(batch, 0)["loss"])  # type: ignore[index]

@@ -199,8 +199,10 @@ def _image_processor(image_size: int, mean: list[float], std: list[float]) -> Im
     import transformers
 
     # transformers >= 5: pick the PIL backend explicitly (no torchvision needed); 4.x has one
-    processor: type[ImageProcessingMixin] = getattr(
-        transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor
+    # (the fallback is looked up only when needed: touching CLIPImageProcessor on 5.x without
+    # torchvision logs a "falling back" warning)
+    processor: type[ImageProcessingMixin] = (
+        getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
     )
     return processor(
         do_resize=True,
