@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -641,10 +641,12 @@ class BadPairMiner:
         keep_values = self.rule.needs_values
         kept: list[Tensor] = []  # the statistic of pairs with history (rules that need them)
         kept_cells: list[Tensor] = []
-        cell_acc = None if cells is None or keep_values else _CellMoments(cells[1])
+        moments = cells is not None and self.rule.needs_cell_moments
+        cell_acc = _CellMoments(cells[1]) if moments and cells is not None else None
         # pass 1: fold, and mean / M2 of the statistic (chunk-wise two-pass statistics
         # merged with Chan et al.'s parallel update, in float64)
         count_h, mean_h, m2_h = 0, 0.0, 0.0
+        low, high = math.inf, -math.inf
         for s in range(0, n, _CHUNK):
             e = min(s + _CHUNK, n)
             count = self._current_count[s:e]
@@ -668,12 +670,12 @@ class BadPairMiner:
                 mean_h += delta * n_c / total
                 m2_h += m2_c + delta * delta * count_h * n_c / total
                 count_h = total
-            if cells is not None:
+                low, high = min(low, float(values.min())), max(high, float(values.max()))
+            if cells is not None and (keep_values or cell_acc is not None):
                 cell = self._cell_chunk(cells, s, e)[has]
                 if keep_values:
                     kept_cells.append(cell.cpu())
-                else:
-                    assert cell_acc is not None
+                if cell_acc is not None:
                     cell_acc.add(cell, values)
             if keep_values:
                 kept.append(values.cpu())
@@ -683,7 +685,14 @@ class BadPairMiner:
         self.num_seen_last_epoch = num_seen
         self.num_with_history = count_h
 
-        stats = CellStatistics(count=count_h, mean=mean_h, m2=m2_h)
+        stats = CellStatistics(
+            count=count_h,
+            mean=mean_h,
+            m2=m2_h,
+            chunks=self._chunks(cells),
+            minimum=low if count_h else math.nan,
+            maximum=high if count_h else math.nan,
+        )
         if keep_values:
             stats.values = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.float64)
         if cells is not None:
@@ -694,8 +703,7 @@ class BadPairMiner:
                 stats.value_cells = (
                     torch.cat(kept_cells) if kept_cells else torch.zeros(0, dtype=torch.long)
                 )
-            else:
-                assert cell_acc is not None
+            if cell_acc is not None:
                 stats.cell_moments = cell_acc.result()
         self.fit = self.rule.fit(stats)
         del stats, kept, kept_cells
@@ -708,11 +716,8 @@ class BadPairMiner:
             if self._keep is not None:
                 self._keep.fill_(_KEEP_ONE)
             return self.summary()
-        for s in range(0, n, _CHUNK):
-            e = min(s + _CHUNK, n)
-            has = self._history_count[s:e] > 0
-            stat = torch.where(has, self._stat(s, e), math.nan)
-            cell_ids = self._cell_chunk(cells, s, e) if cells is not None else None
+        for s, e, stat, cell_ids in self._iter_chunks(cells):
+            has = ~torch.isnan(stat)
             judged = self.rule.judge(self.fit, stat, cell_ids)
             noisy, faulty = judged.noisy, judged.faulty
             self._flags[s:e] = noisy.to(torch.int8) + FAULTY * faulty.to(torch.int8)
@@ -725,6 +730,25 @@ class BadPairMiner:
             self.num_noisy += int(noisy.sum())
             self.num_faulty += int(faulty.sum())
         return self.summary()
+
+    def _iter_chunks(
+        self, cells: tuple[list[Tensor], list[int]] | None
+    ) -> Iterator[tuple[int, int, Tensor, Tensor | None]]:
+        """``(s, e, statistic with NaN without history, cell ids or None)`` per chunk."""
+        for s in range(0, self.num_pairs, _CHUNK):
+            e = min(s + _CHUNK, self.num_pairs)
+            has = self._history_count[s:e] > 0
+            stat = torch.where(has, self._stat(s, e), math.nan)
+            yield s, e, stat, self._cell_chunk(cells, s, e) if cells is not None else None
+
+    def _chunks(
+        self, cells: tuple[list[Tensor], list[int]] | None
+    ) -> Callable[[], Iterator[tuple[Tensor, Tensor | None]]]:
+        def read() -> Iterator[tuple[Tensor, Tensor | None]]:
+            for _, _, stat, cell in self._iter_chunks(cells):
+                yield stat, cell
+
+        return read
 
     # ------------------------------------------------------------------ group cells
     def _check_groups(
@@ -771,6 +795,8 @@ class BadPairMiner:
 
     def _cell_chunk(self, cells: tuple[list[Tensor], list[int]], s: int, e: int) -> Tensor:
         tensors, strides = cells
+        if len(tensors) == 1:  # one attribute: the cell is the id (-1 = unknown)
+            return tensors[0][s:e].long()
         cell = torch.zeros(e - s, dtype=torch.long, device=self.device)
         unknown = torch.zeros(e - s, dtype=torch.bool, device=self.device)
         for g, stride in zip(tensors, strides, strict=False):

@@ -23,12 +23,21 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["MIXTURE_COLUMNS", "MixtureFit", "fit_two_gaussians", "posterior_bad"]
+__all__ = [
+    "MIXTURE_COLUMNS",
+    "MixtureFit",
+    "fit_two_gaussians",
+    "fit_two_gaussians_chunks",
+    "logit_bad",
+    "logit_coefficients",
+    "posterior_bad",
+]
 
 #: the per-cell table columns of :class:`~fairvlm_lightning.mining.GaussianMixtureRule`
 MIXTURE_COLUMNS = (
@@ -80,21 +89,38 @@ class MixtureFit:
         }
 
 
-def _histogram(values: Tensor, rows: Tensor, num_rows: int, bins: int) -> tuple[Tensor, ...]:
-    """Per-row ``(count, mean)`` of ``bins`` equal-width bins, and each row's bin width."""
-    big = torch.full((num_rows,), math.inf, dtype=torch.float64)
-    lo = big.scatter_reduce(0, rows, values, "amin", include_self=True)
-    hi = (-big).scatter_reduce(0, rows, values, "amax", include_self=True)
-    width = torch.where(torch.isfinite(lo), hi - lo, 0.0)
-    lo = torch.where(torch.isfinite(lo), lo, 0.0)
-    scale = torch.where(width > 0, bins / width.clamp_min(_TINY), 0.0)
-    b = ((values - lo[rows]) * scale[rows]).floor().long().clamp_(0, bins - 1)
-    flat = rows * bins + b
-    del b
-    count = torch.bincount(flat, minlength=num_rows * bins).double().view(num_rows, bins)
-    sums = torch.bincount(flat, weights=values, minlength=num_rows * bins).view(num_rows, bins)
-    mean = torch.where(count > 0, sums / count.clamp_min(1), lo.unsqueeze(1))
-    return count, mean, width
+Chunks = Callable[[], Iterable[tuple[Tensor, "Tensor | None"]]]
+
+
+def _histograms(
+    chunks: Chunks, num_cells: int, bins: int, lo: float, hi: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row (cells, then global): ``(count, mean)`` of ``bins`` bins over ``[lo, hi]``.
+
+    One pass over the chunks; every row uses the same bins, so the global row is the sum of
+    the cell rows and of the values without a cell. Returns the bin width per row too.
+    """
+    rows = num_cells + 2  # cells, no cell, no value
+    width = max(hi - lo, 0.0)
+    scale = bins / width if width > 0 else 0.0
+    count = torch.zeros(rows * bins, dtype=torch.float64)
+    sums = torch.zeros(rows * bins, dtype=torch.float64)
+    for stat, cell in chunks():
+        has = ~torch.isnan(stat)
+        if cell is None or not num_cells:
+            row = torch.where(has, num_cells, num_cells + 1)
+        else:
+            row = torch.where(has, torch.where(cell >= 0, cell, num_cells), num_cells + 1)
+        x = torch.where(has, stat, lo).float()
+        b = ((x - lo) * scale).floor_().clamp_(0, bins - 1).long()
+        flat = (row * bins + b).cpu()
+        count += torch.bincount(flat, minlength=rows * bins).double()
+        sums += torch.bincount(flat, weights=x.double().cpu(), minlength=rows * bins)
+    count, sums = count.view(rows, bins)[:-1], sums.view(rows, bins)[:-1]
+    count[num_cells] = count.sum(0)
+    sums[num_cells] = sums.sum(0)
+    mean = torch.where(count > 0, sums / count.clamp_min(1), lo)
+    return count, mean, torch.full((num_cells + 1,), width, dtype=torch.float64)
 
 
 def _em(count: Tensor, x: Tensor, width: Tensor, bins: int, iterations: int) -> MixtureFit:
@@ -151,24 +177,69 @@ def fit_two_gaussians(
     """Fit a two-Gaussian mixture per cell and over all values (the last row).
 
     Args:
-        values: (n,) statistics (float64 is used).
+        values: (n,) statistics; NaN = no value (left out).
         cells: (n,) long cell of each value in ``[0, num_cells)``, or -1 (global fit only).
         num_cells: number of cells (0: only the global row).
-        bins: histogram bins per row.
+        bins: histogram bins (the same edges, between the min and max value, for every row).
         iterations: EM steps.
 
     Returns:
         A :class:`MixtureFit` with ``num_cells + 1`` rows.
     """
-    values = values.detach().to("cpu", torch.float64).flatten()
-    cells = cells.detach().to("cpu", torch.long).flatten()
-    known = cells >= 0
-    parts = []
-    if num_cells:
-        parts.append(_histogram(values[known], cells[known], num_cells, bins))
-    parts.append(_histogram(values, torch.zeros_like(cells), 1, bins))
-    count, x, width = (torch.cat(t) for t in zip(*parts, strict=True))
+    values, cells = values.detach().flatten(), cells.detach().flatten().long()
+    finite = values[~torch.isnan(values)].double()
+    lo = float(finite.min()) if finite.numel() else 0.0
+    hi = float(finite.max()) if finite.numel() else 0.0
+    return fit_two_gaussians_chunks(
+        lambda: [(values, cells)], num_cells, lo, hi, bins=bins, iterations=iterations
+    )
+
+
+def fit_two_gaussians_chunks(
+    chunks: Chunks,
+    num_cells: int,
+    lo: float,
+    hi: float,
+    *,
+    bins: int = 1024,
+    iterations: int = 100,
+) -> MixtureFit:
+    """:func:`fit_two_gaussians` over values given in chunks (one pass, never concatenated).
+
+    ``chunks()`` returns an iterable of ``(values, cells)`` as in :func:`fit_two_gaussians`
+    (``cells`` may be ``None``: global fit only); ``lo``/``hi`` are the min and max value.
+    """
+    count, x, width = _histograms(chunks, num_cells, bins, lo, hi)
     return _em(count, x, width, bins, iterations)
+
+
+def logit_coefficients(params: Mapping[str, Tensor]) -> Tensor:
+    """Per row, float32 ``(c, m0, h0, m1, h1)`` as columns of an ``(R, 5)`` tensor.
+
+    ``logit p_bad(x) = c + h0 (x - m0)**2 - h1 (x - m1)**2``.
+    """
+    p1 = params["weight_bad"].double()
+    v0, v1 = params["var_clean"].double(), params["var_bad"].double()
+    c = torch.log(p1) - torch.log1p(-p1) - 0.5 * torch.log(v1 / v0)
+    m0, m1 = params["mean_clean"].double(), params["mean_bad"].double()
+    return torch.stack([c, m0, 0.5 / v0, m1, 0.5 / v1], 1).float()
+
+
+def logit_bad(stat: Tensor, coefficients: Tensor, row: Tensor | None) -> Tensor:
+    """``logit P(bad | stat)`` (float32) from :func:`logit_coefficients` of each value's row.
+
+    ``row=None`` uses row 0 for every value (a one-row fit: no gather).
+    """
+    x = stat.float()
+    coefficients = coefficients.to(x.device)
+    if row is None:
+        c, m0, h0, m1, h1 = (float(v) for v in coefficients[0])
+        return c + h0 * (x - m0).square() - h1 * (x - m1).square()
+    k = coefficients.t().contiguous()
+    out = k[0].index_select(0, row)
+    out += k[2].index_select(0, row) * (x - k[1].index_select(0, row)).square()
+    out -= k[4].index_select(0, row) * (x - k[3].index_select(0, row)).square()
+    return out
 
 
 def posterior_bad(stat: Tensor, params: dict[str, Tensor], row: Tensor) -> Tensor:

@@ -32,9 +32,11 @@ from torch import Tensor
 
 from fairvlm_lightning.mining.mixture import (
     MIXTURE_COLUMNS,
+    Chunks,
     MixtureFit,
-    fit_two_gaussians,
-    posterior_bad,
+    fit_two_gaussians_chunks,
+    logit_bad,
+    logit_coefficients,
 )
 
 __all__ = [
@@ -347,6 +349,10 @@ class CellStatistics:
         num_cells: number of group cells (0 without a scope).
         cell_names: the group ids of each scope attribute, per cell.
         min_group_size: smallest cell with its own fit.
+        chunks: re-readable chunks ``(statistic float32, NaN without history; cell id or
+            None)`` of all pairs, for rules that need passes of their own (the mixture).
+        minimum: smallest statistic of a pair with history (NaN without any).
+        maximum: largest one.
     """
 
     count: int
@@ -358,6 +364,9 @@ class CellStatistics:
     num_cells: int = 0
     cell_names: list[tuple[int, ...]] = field(default_factory=list)
     min_group_size: int = 50
+    chunks: Chunks | None = None
+    minimum: float = math.nan
+    maximum: float = math.nan
 
 
 @dataclass
@@ -411,7 +420,12 @@ class MiningRule:
     @property
     def needs_values(self) -> bool:
         """Whether :meth:`fit` needs the values (a transient float64 copy), not just moments."""
-        return True
+        return False
+
+    @property
+    def needs_cell_moments(self) -> bool:
+        """Whether :meth:`fit` needs streaming per-cell moments (with a scope)."""
+        return False
 
     def fit(self, stats: CellStatistics) -> RuleFit:
         """Fit the rule on the statistics of the pairs with history."""
@@ -519,6 +533,11 @@ class ThresholdRule(MiningRule):
     def needs_values(self) -> bool:
         """Only a non-streaming location (the median) needs the values."""
         return not self.location.streaming
+
+    @property
+    def needs_cell_moments(self) -> bool:
+        """A streaming location (mean/std) uses per-cell moments."""
+        return self.location.streaming
 
     def fit(self, stats: CellStatistics) -> RuleFit:
         """Global and per-cell ``mu``, ``sigma`` and thresholds."""
@@ -680,13 +699,15 @@ class GaussianMixtureRule(MiningRule):
         mu = stats.mean if stats.count else math.nan
         sigma = math.sqrt(max(stats.m2, 0.0) / stats.count) if stats.count else math.nan
         fit = RuleFit(mu, sigma, math.nan, math.nan)
-        if stats.count == 0 or stats.values is None:
+        if stats.count == 0 or stats.chunks is None:
             return fit
-        cells = stats.value_cells
-        if cells is None:
-            cells = torch.full_like(stats.values, -1, dtype=torch.long)
-        mix: MixtureFit = fit_two_gaussians(
-            stats.values, cells, stats.num_cells, bins=self.bins, iterations=self.iterations
+        mix: MixtureFit = fit_two_gaussians_chunks(
+            stats.chunks,
+            stats.num_cells,
+            stats.minimum,
+            stats.maximum,
+            bins=self.bins,
+            iterations=self.iterations,
         )
         own = mix.count[: stats.num_cells] >= stats.min_group_size
         fit.cell_params = {**mix.as_tensors(), "own": own}
@@ -700,15 +721,16 @@ class GaussianMixtureRule(MiningRule):
             )
         return fit
 
-    def posterior(self, fit: RuleFit, stat: Tensor, cell: Tensor | None) -> Tensor:
-        """``p_bad`` (float64) of each pair of a chunk, from its cell's (or the global) fit."""
-        params = {k: v.to(stat.device) for k, v in fit.cell_params.items()}
-        glob = params["own"].numel()
-        row = torch.full(stat.shape, glob, dtype=torch.long, device=stat.device)
-        if cell is not None and glob:
-            safe = cell.clamp_min(0)
-            row = torch.where((cell >= 0) & params["own"][safe], safe, row)
-        return posterior_bad(stat.double(), params, row)
+    def logit(self, fit: RuleFit, stat: Tensor, cell: Tensor | None) -> Tensor:
+        """``logit p_bad`` (float32) of each pair of a chunk, from its cell's or the global fit."""
+        coefficients = logit_coefficients(fit.cell_params)
+        own = fit.cell_params["own"].to(stat.device)
+        glob = own.numel()
+        if cell is None or not glob or not bool(own.any()):
+            return logit_bad(stat, coefficients[glob:], None)
+        safe = cell.clamp_min(0)
+        row = torch.where((cell >= 0) & own[safe], safe, glob)
+        return logit_bad(stat, coefficients, row)
 
     def judge(self, fit: RuleFit, stat: Tensor, cell: Tensor | None) -> Judgement:
         """Faulty where ``p_bad > threshold``; with ``"posterior"`` also ``1 - p_bad``."""
@@ -716,9 +738,10 @@ class GaussianMixtureRule(MiningRule):
         if not fit.cell_params:
             none = torch.zeros_like(has)
             return Judgement(none, none, torch.ones_like(stat) if self.soft_weights else None)
-        p_bad = torch.where(has, self.posterior(fit, stat, cell), 0.0)
-        faulty = has & (p_bad > self.threshold)
-        keep = (1.0 - p_bad) if self.soft_weights else None
+        logit = self.logit(fit, stat, cell)
+        cut = math.log(self.threshold / (1.0 - self.threshold)) if self.threshold else -math.inf
+        faulty = has & (logit > cut)
+        keep = torch.sigmoid(-logit) if self.soft_weights else None
         return Judgement(torch.zeros_like(has), faulty, keep)
 
     def step_weights(
