@@ -564,7 +564,9 @@ class DynamicBadPairMining(Callback):
             "last_folded_epoch": self._last_folded_epoch,
             "recorded_epoch": self._recorded_epoch,
             **(
-                {} if self.data_fingerprint is None else {"data_fingerprint": self.data_fingerprint}
+                {}
+                if self.data_fingerprint is None
+                else {"data_fingerprint": _encode(self.data_fingerprint)}
             ),
         }
 
@@ -604,10 +606,23 @@ class DynamicBadPairMining(Callback):
             self.truth.copy_(truth)
         self._last_folded_epoch = int(state.get("last_folded_epoch", -1))
         self._recorded_epoch = int(state.get("recorded_epoch", -1))
-        fingerprint = state.get("data_fingerprint")
-        self._loaded_fingerprint = None if fingerprint is None else str(fingerprint)
+        fingerprint = _decode(state.get("data_fingerprint"))
+        self._loaded_fingerprint = fingerprint
         if fingerprint is not None:
-            self.data_fingerprint = str(fingerprint)
+            self.data_fingerprint = fingerprint
+
+
+def _encode(text: str) -> Tensor:
+    """A string as a uint8 tensor (checkpoint states hold tensors and numbers only)."""
+    return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+
+
+def _decode(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return bytes(value.to("cpu", torch.uint8).tolist()).decode("utf-8")
+    return str(value)
 
 
 def find_bad_pair_mining(
