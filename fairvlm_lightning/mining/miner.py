@@ -797,13 +797,13 @@ class BadPairMiner:
         tensors, strides = cells
         if len(tensors) == 1:  # one attribute: the cell is the id (-1 = unknown)
             return tensors[0][s:e].long()
-        cell = torch.zeros(e - s, dtype=torch.long, device=self.device)
+        cell = torch.zeros(e - s, dtype=torch.int32, device=self.device)
         unknown = torch.zeros(e - s, dtype=torch.bool, device=self.device)
         for g, stride in zip(tensors, strides, strict=False):
-            v = g[s:e].long()
+            v = g[s:e]
             unknown |= v < 0
-            cell += v.clamp_min(0) * stride
-        return torch.where(unknown, -1, cell)
+            cell.add_(v.clamp_min(0), alpha=stride)
+        return cell.masked_fill_(unknown, -1).long()
 
     def _warn_fit(self) -> None:
         if self._warned or not self.flags_active:
