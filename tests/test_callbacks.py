@@ -460,6 +460,15 @@ def test_options_and_truth_metrics_through_the_trainer(tmp_path):
         assert m[f"dbpm/race/clean_flag_rate_group_{g}"] == pytest.approx(faulty[clean].mean())
         thr = next(r for r in dbpm.miner.group_table if r["group"] == (g,))["threshold_faulty"]
         assert m[f"dbpm/race/threshold_faulty_group_{g}"] == thr
+    # AUROC of the statistic separating bad from clean pairs, overall and within each group
+    from sklearn.metrics import roc_auc_score
+
+    stat = dbpm.miner.history_mean.numpy()
+    assert m["dbpm/auroc"] == pytest.approx(roc_auc_score(bad, stat))
+    for g in (0, 1, 2):
+        sel = race == g
+        ref_auc = roc_auc_score(bad[sel], stat[sel]) if 0 < bad[sel].sum() < sel.sum() else np.nan
+        assert m[f"dbpm/race/auroc_group_{g}"] == pytest.approx(ref_auc, nan_ok=True)
     # the truth survives a weights_only checkpoint round trip
     state = dbpm.state_dict()
     torch.save(state, tmp_path / "cb.pt")
@@ -468,6 +477,30 @@ def test_options_and_truth_metrics_through_the_trainer(tmp_path):
     restored.setup(None, None, "fit")
     assert torch.equal(restored.truth, dbpm.truth)
     assert restored.miner.group_table == dbpm.miner.group_table
+
+
+def test_mixture_rule_weights_reach_the_loss(tmp_path):
+    from fairvlm_lightning.mining import GaussianMixtureRule, MinerSpec
+
+    spec = MinerSpec(rule=GaussianMixtureRule(weighting="posterior"))
+    dbpm = DynamicBadPairMining(spec, truth_key="is_bad_pair")
+    module = Regressor()
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 2:  # the weights the module gets, per index
+                w = dbpm.pair_weights(batch["index"], torch.zeros(len(batch["index"])))
+                seen.append((batch["index"].clone(), w))
+
+    make_trainer(tmp_path, [dbpm, Spy()], 3).fit(module, DataLoader(TruthData(), batch_size=8))
+    assert set(FAULTY) <= set(dbpm.miner.faulty_mask.nonzero().flatten().tolist())
+    assert dbpm.miner.num_noisy == 0 and dbpm.last_metrics["dbpm/num_faulty"] > 0
+    # during epoch 2 every pair's weight is 1 - p_bad of the fit made after epoch 1
+    index = torch.cat([i for i, _ in seen])
+    weights = torch.cat([w for _, w in seen])
+    assert len(index) == N and weights[torch.isin(index, torch.tensor(FAULTY))].max() < 0.5
+    assert weights.min() >= 0 and weights.max() <= 1 and (weights < 1).sum() > len(FAULTY)
 
 
 def test_paper_preset_equals_default_callback(tmp_path):
