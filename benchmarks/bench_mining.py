@@ -287,11 +287,11 @@ def main() -> None:
 
     print()
     print(f"end_epoch at {big:,} pairs by option (ratio to the paper's rule, same run)")
-    print(f"{'variant':<30}{'end_epoch ms':>14}{'ratio':>8}{'B/pair (state+groups)':>24}")
+    print(f"{'variant':<52}{'end_epoch ms':>14}{'ratio':>8}{'B/pair (state+groups)':>24}")
     for name, m in variants.items():
         ratio = m["end_epoch_s"] / variants["paper"]["end_epoch_s"]
         total = m["state_bytes_per_pair"] + m["group_bytes_per_pair"]
-        print(f"{name:<30}{m['end_epoch_s'] * 1e3:>14.1f}{ratio:>8.2f}{total:>24.1f}")
+        print(f"{name:<52}{m['end_epoch_s'] * 1e3:>14.1f}{ratio:>8.2f}{total:>24.1f}")
 
     out = Path(__file__).parent / "results" / "bench_mining.json"
     out.parent.mkdir(parents=True, exist_ok=True)
