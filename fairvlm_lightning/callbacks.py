@@ -57,6 +57,7 @@ from lightning.pytorch.strategies import Strategy
 from torch import Tensor
 
 from fairvlm_lightning.mining import BadPairMiner, MinerSpec
+from fairvlm_lightning.mining.miner import check_num_pairs
 from fairvlm_lightning.mining.scoring import export_flagged, group_flag_metrics, truth_metrics
 from fairvlm_lightning.validation import check_integer_ids
 
@@ -189,10 +190,7 @@ class DynamicBadPairMining(Callback):
                 f"DynamicBadPairMining: miner must be a MinerSpec, got {type(miner).__name__}"
             )
         if num_pairs is not None:
-            if isinstance(num_pairs, bool) or not isinstance(num_pairs, int):
-                raise TypeError(f"num_pairs must be an int, got {type(num_pairs).__name__}")
-            if num_pairs <= 0:
-                raise ValueError(f"num_pairs must be > 0, got {num_pairs}")
+            num_pairs = check_num_pairs(num_pairs)
         if truth_key is not None and not isinstance(truth_key, str):
             raise TypeError(f"truth_key must be a string or None, got {truth_key!r}")
         if isinstance(group_keys, str):

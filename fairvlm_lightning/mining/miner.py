@@ -82,7 +82,7 @@ from fairvlm_lightning.mining.strategies import (
 )
 from fairvlm_lightning.validation import check_integer_ids, is_integer_tensor
 
-__all__ = ["BadPairMiner", "MinerSpec", "dist_rank_world"]
+__all__ = ["BadPairMiner", "MinerSpec", "check_num_pairs", "dist_rank_world"]
 
 _CHUNK = 1 << 20
 _STATE_VERSION = 3
@@ -112,7 +112,13 @@ def dist_rank_world(group: Any = None) -> tuple[int, int]:
     return 0, 1
 
 
-def _check_num_pairs(num_pairs: Any) -> int:
+def check_num_pairs(num_pairs: Any) -> int:
+    """``num_pairs`` as an int; ``TypeError``/``ValueError`` unless it is an int > 0.
+
+    Example:
+        >>> check_num_pairs(10)
+        10
+    """
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, int):
         raise TypeError(f"num_pairs must be an int, got {type(num_pairs).__name__}")
     if num_pairs <= 0:
@@ -331,7 +337,7 @@ class BadPairMiner:
         device: torch.device | str | None = None,
         **options: Any,
     ) -> None:
-        self.num_pairs = _check_num_pairs(num_pairs)
+        self.num_pairs = check_num_pairs(num_pairs)
         self.warmup_epochs = _check_warmup(warmup_epochs)
         self.statistic, self.rule, self.scope = strategies_from_options(
             statistic, rule, scope, options
