@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from fairvlm_lightning.mining import BadPairMiner
+from fairvlm_lightning.mining import BadPairMiner, GaussianMixtureRule
 
 BATCH = 256
 
@@ -84,7 +84,23 @@ VARIANTS: dict[str, dict] = {
     "scope=race": {"scope": ("race",)},
     "scope=race,location=median": {"scope": ("race",), "location": "median"},
     "scope=race+gender": {"scope": ("race", "gender")},
+    "rule=mixture(zero)": {"rule": GaussianMixtureRule()},
+    "rule=mixture(posterior),scope=race": {
+        "rule": GaussianMixtureRule(weighting="posterior"),
+        "scope": ("race",),
+    },
+    "statistic=ema,rule=mixture(zero),scope=race+gender": {
+        "statistic": "ema",
+        "rule": GaussianMixtureRule(),
+        "scope": ("race", "gender"),
+    },
 }
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, tuple):
+        return list(value)
+    return value if isinstance(value, (str, int, float)) else repr(value)
 
 
 def memory_and_end_epoch(
@@ -102,25 +118,34 @@ def memory_and_end_epoch(
     _fill_epoch(miner, gen)
     miner.end_epoch(groups=groups)
     rss1 = _rss_bytes()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
         _fill_epoch(miner, gen)
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         miner.end_epoch(groups=groups)
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     peak1 = _max_rss_bytes()
     return {
         "num_pairs": num_pairs,
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+        "options": {
+            k: list(v)
+            if isinstance(v, tuple)
+            else v
+            if isinstance(v, (str, int, float))
+            else repr(v)
+            for k, v in options.items()
+        },
         "state_bytes_per_pair": miner.bytes_per_pair,
-        "group_bytes_per_pair": len(miner.scope),
+        "group_bytes_per_pair": len(miner.scope.attributes),
         "rss_growth_bytes_per_pair": (rss1 - rss0) / num_pairs if device.type == "cpu" else None,
         "peak_rss_growth_bytes_per_pair": (
             max(peak1 - peak0, 0) / num_pairs if device.type == "cpu" else None
         ),
         "end_epoch_s": statistics.median(times),
+        "end_epoch_cpu_s": statistics.median(cpu_times),
         "num_faulty": miner.num_faulty,
     }
 
@@ -200,11 +225,27 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 10**6 pairs only")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=None,
+        help="only time end_epoch at 10**7 pairs for these VARIANTS names (no step costs)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     repeats = 3 if args.quick else 10
+    if args.variants is not None:
+        print(f"end_epoch at 10,000,000 pairs (threads {torch.get_num_threads()}; median of 3)")
+        print(f"{'variant':<52}{'wall ms':>9}{'CPU ms':>9}{'B/pair':>7}{'faulty':>10}")
+        for name in ["paper", *args.variants]:
+            m = memory_and_end_epoch(10**7, device, repeats=3, options=VARIANTS[name])
+            print(
+                f"{name:<52}{m['end_epoch_s'] * 1e3:>9.1f}{m['end_epoch_cpu_s'] * 1e3:>9.1f}"
+                f"{m['state_bytes_per_pair']:>7.0f}{m['num_faulty']:>10}"
+            )
+        return
 
     # memory first, while the process is small (peak RSS growth is then attributable)
     sizes = [10**6] if args.quick else [10**6, 10**7]
@@ -246,11 +287,11 @@ def main() -> None:
 
     print()
     print(f"end_epoch at {big:,} pairs by option (ratio to the paper's rule, same run)")
-    print(f"{'variant':<30}{'end_epoch ms':>14}{'ratio':>8}{'B/pair (state+groups)':>24}")
+    print(f"{'variant':<52}{'end_epoch ms':>14}{'ratio':>8}{'B/pair (state+groups)':>24}")
     for name, m in variants.items():
         ratio = m["end_epoch_s"] / variants["paper"]["end_epoch_s"]
         total = m["state_bytes_per_pair"] + m["group_bytes_per_pair"]
-        print(f"{name:<30}{m['end_epoch_s'] * 1e3:>14.1f}{ratio:>8.2f}{total:>24.1f}")
+        print(f"{name:<52}{m['end_epoch_s'] * 1e3:>14.1f}{ratio:>8.2f}{total:>24.1f}")
 
     out = Path(__file__).parent / "results" / "bench_mining.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -489,6 +489,22 @@ def data_variant_args(name: str) -> list[str]:
     ]
 
 
+def _dbpm_rule_args(callback: dict[str, Any]) -> dict[str, Any]:
+    """The ``init_args`` that hold the DBPM betas of a callback entry (made if absent).
+
+    The nested form ``init_args.miner.init_args.rule.init_args`` (a ``ThresholdRule``); a
+    callback still written with the flat options keeps them in its own ``init_args``.
+    """
+    init = callback.setdefault("init_args", {})
+    if "miner" not in init and any(k in init for k in ("beta_noisy", "beta_faulty")):
+        return init
+    miner = init.setdefault("miner", {"class_path": "fairvlm_lightning.mining.MinerSpec"})
+    rule = miner.setdefault("init_args", {}).setdefault(
+        "rule", {"class_path": "fairvlm_lightning.mining.ThresholdRule"}
+    )
+    return rule.setdefault("init_args", {})
+
+
 def make_variants(
     configs: Sequence[str | os.PathLike[str]],
     fairness_weights: Sequence[float] = (),
@@ -546,7 +562,7 @@ def _materialise_config(variant: Variant, folder: Path) -> Path:
     cfg = _read_yaml(variant.config)
     index = _dbpm_callback_index(cfg)
     assert index is not None
-    init = cfg["trainer"]["callbacks"][index].setdefault("init_args", {})
+    init = _dbpm_rule_args(cfg["trainer"]["callbacks"][index])
     init["beta_noisy"] = init["beta_faulty"] = float(variant.sweep["beta"])
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{variant.name}.yaml"
@@ -1046,7 +1062,7 @@ def config_value(config: str | os.PathLike[str], parameter: str) -> float | None
         index = _dbpm_callback_index(cfg)
         if index is None:
             return None
-        init = cfg["trainer"]["callbacks"][index].get("init_args") or {}
+        init = _dbpm_rule_args(cfg["trainer"]["callbacks"][index])
         return float(init.get("beta_faulty", PAPER_SETTINGS["beta_faulty"]))
     raise ValueError(f"parameter must be 'lambda' or 'beta', got {parameter!r}")
 

@@ -44,8 +44,8 @@ run (history and flags still mean the same, but the run is no longer bit-identic
 
 from __future__ import annotations
 
-import csv
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,22 +56,22 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor
 
-from fairvlm_lightning.mining import (
-    FAULTY,
-    NOISY,
-    PAPER_SETTINGS,
-    BadPairMiner,
-    Location,
-    Statistic,
-    Weighting,
-    validate_hparams,
-)
+from fairvlm_lightning.mining import BadPairMiner, MinerSpec
+from fairvlm_lightning.mining.miner import check_num_pairs
+from fairvlm_lightning.mining.scoring import export_flagged, group_flag_metrics, truth_metrics
 from fairvlm_lightning.validation import check_integer_ids
 
 __all__ = ["DynamicBadPairMining", "find_bad_pair_mining"]
 
-_STATE_VERSION = 1
-_FLAG_NAMES = {NOISY: "noisy", FAULTY: "faulty"}
+_STATE_VERSION = 2
+_OWN_ARGS = (
+    "num_pairs",
+    "truth_key",
+    "group_keys",
+    "export_dir",
+    "prefix",
+    "reset_on_mismatch",
+)
 
 
 class DynamicBadPairMining(Callback):
@@ -84,6 +84,23 @@ class DynamicBadPairMining(Callback):
     with an ``"index"`` entry). Returning ``None`` skips the batch, as in Lightning. See the
     module docstring for a complete 15-line example.
 
+    The rule is a :class:`~fairvlm_lightning.mining.MinerSpec` (statistic, rule, scope,
+    warm-up; the paper's by default); the miner is built from it at fit start with
+    ``num_pairs`` = the training set's size. In a LightningCLI YAML::
+
+        - class_path: fairvlm_lightning.callbacks.DynamicBadPairMining
+          init_args:
+            miner:
+              class_path: fairvlm_lightning.mining.MinerSpec
+              init_args:
+                warmup_epochs: 2
+                statistic: {class_path: fairvlm_lightning.mining.EmaLoss}
+                rule:
+                  class_path: fairvlm_lightning.mining.GaussianMixtureRule
+                  init_args: {weighting: posterior}
+                scope: {class_path: fairvlm_lightning.mining.Scope, init_args: {attributes: [race]}}
+            group_keys: [race]
+
     Each epoch the callback logs (``prefix`` ``"dbpm"``): ``dbpm/mu``, ``dbpm/sigma``,
     ``dbpm/threshold_noisy``, ``dbpm/threshold_faulty``, ``dbpm/num_noisy``,
     ``dbpm/num_faulty``, ``dbpm/num_with_history``, ``dbpm/num_nonfinite``, and for each key
@@ -91,22 +108,32 @@ class DynamicBadPairMining(Callback):
     ``dbpm/{a}/flagged_count_group_{g}`` and ``dbpm/{a}/flagged_rate_group_{g}`` (flagged
     pairs of the group / pairs of the group with history; ``g`` is ``unknown`` for -1). These
     are the flags for the *next* epoch. To know each pair's group the callback stores, per key
-    of ``group_keys`` and ``scope``, the last value seen in a batch: one int8 per pair (values
-    must lie in [-1, 127]). With a ``scope`` of one attribute ``a`` it also logs
-    ``dbpm/{a}/threshold_faulty_group_{g}`` (the group's own threshold, or the global one
-    it falls back to).
+    of ``group_keys`` and of the scope, the last value seen in a batch: one int8 per pair
+    (values must lie in [-1, 127]). With a scope of one attribute ``a`` it also logs, per
+    group, ``dbpm/{a}/threshold_faulty_group_{g}`` (threshold rule: the group's own threshold,
+    or the global one it falls back to) or ``dbpm/{a}/weight_bad_group_{g}`` (mixture rule:
+    the weight of the bad component of the group's fit).
 
     With ``truth_key`` (e.g. ``"is_bad_pair"`` on the synthetic twin: a (B,) bool/0-1 batch
-    entry that says which pairs are truly bad) it also stores one int8 per pair and logs, for
-    the *faulty* flags (a bad pair is a mismatched, hard pair): ``dbpm/num_bad``,
-    ``dbpm/num_flagged_bad``, ``dbpm/precision``, ``dbpm/recall``, and per group of each key in
-    ``group_keys``: ``dbpm/{a}/precision_group_{g}``, ``dbpm/{a}/recall_group_{g}`` and
-    ``dbpm/{a}/clean_flag_rate_group_{g}`` (clean pairs flagged faulty / clean pairs). Only
-    pairs with history count; NaN where a ratio has no denominator.
+    entry that says which pairs are truly bad) it also stores one int8 per pair and logs
+    (:func:`~fairvlm_lightning.mining.scoring.truth_metrics`), for the *faulty* flags:
+    ``dbpm/num_bad``, ``dbpm/num_flagged_bad``, ``dbpm/precision``, ``dbpm/recall``,
+    ``dbpm/clean_flag_rate``, ``dbpm/auroc`` (the statistic separating truly bad from clean
+    pairs), and per group of each key in ``group_keys``: ``dbpm/{a}/precision_group_{g}``,
+    ``dbpm/{a}/recall_group_{g}``, ``dbpm/{a}/clean_flag_rate_group_{g}`` and
+    ``dbpm/{a}/auroc_group_{g}``. Only pairs with history count; NaN where a ratio has no
+    denominator or a class is missing.
 
     With ``export_dir``, rank 0 writes ``dbpm_flagged_epoch_{e:04d}.csv`` after epoch ``e``:
     one row per flagged pair with ``index``, ``history_mean``, ``num_epochs``, ``flag``
     (``noisy``/``faulty``) and one column per group key.
+
+    Resume safety: at fit start the callback asks the datamodule for ``train_fingerprint()``
+    (any datamodule with that method; :class:`~fairvlm_lightning.data.FairVLMedDataModule` has
+    one: a hash of which sample each training index means) and keeps it in its checkpoint
+    state. Resuming onto a training set whose fingerprint differs (files renamed, added,
+    reordered) raises, since each pair's history would be attached to another pair; pass
+    ``reset_on_mismatch=True`` to start the memory afresh instead (with a warning).
 
     Distributed: the current-epoch sums of all ranks are added before the flags are computed and
     before the state is checkpointed, so every rank uses the same flags (only rank 0 writes).
@@ -114,60 +141,56 @@ class DynamicBadPairMining(Callback):
     ``limit_train_batches`` the pairs never seen keep no history and are never flagged.
 
     Args:
+        miner: the configured rule (:class:`~fairvlm_lightning.mining.MinerSpec`); ``None``:
+            the paper's, or the one the flat ``options`` describe.
         num_pairs: size of the training set; default ``len(trainer.train_dataloader.dataset)``.
-        warmup_epochs: see :class:`~fairvlm_lightning.mining.BadPairMiner`.
-        beta_noisy: see :class:`~fairvlm_lightning.mining.BadPairMiner`.
-        beta_faulty: see :class:`~fairvlm_lightning.mining.BadPairMiner`.
-        weighting: ``"gaussian_pdf"`` (paper), ``"gaussian"`` or ``"zero"``.
-        statistic: ``"mean"`` (paper) or ``"ema"``; see
-            :class:`~fairvlm_lightning.mining.BadPairMiner`.
-        location: ``"mean"`` (paper: mean/std) or ``"median"`` (median/MAD).
-        scope: batch entries whose groups get their own thresholds (``()``: global, the paper).
-        min_group_size: groups with fewer pairs with history use the global thresholds.
-        ema_decay: weight of the newest epoch for ``statistic="ema"``.
-        max_weight: cap on a flagged pair's weight (``None``: no cap, the paper).
         truth_key: batch entry with the ground truth of bad pairs (synthetic data), for the
-            precision/recall logs; ``None``: none.
+            precision/recall/AUROC logs; ``None``: none.
         group_keys: batch entries (e.g. ``("race", "gender")``) whose flagged count and rate
             per group are logged and exported.
         export_dir: folder for the per-epoch CSV of flagged pairs (``None``: no export).
         prefix: prefix of the logged metric names.
+        reset_on_mismatch: on resume onto a training set with another fingerprint, start the
+            memory afresh instead of raising.
+        **options: today's flat miner options (``warmup_epochs``, ``beta_noisy``,
+            ``beta_faulty``, ``weighting``, ``statistic``, ``location``, ``scope``,
+            ``min_group_size``, ``ema_decay``, ``max_weight``), a shorthand for
+            ``miner=MinerSpec(**options)``.
+
+    Example:
+        >>> from fairvlm_lightning.mining import EmaLoss, MinerSpec, ThresholdRule
+        >>> rule = ThresholdRule(beta_noisy=float("inf"), beta_faulty=1.5, weighting="zero")
+        >>> cb = DynamicBadPairMining(MinerSpec(statistic=EmaLoss(), rule=rule))
+        >>> cb.spec.rule.beta_faulty, cb.miner is None  # built at fit start
+        (1.5, True)
     """
 
     def __init__(
         self,
-        num_pairs: int | None = None,
+        miner: MinerSpec | None = None,
         *,
-        warmup_epochs: int = 1,
-        beta_noisy: float = 3.0,
-        beta_faulty: float = 3.0,
-        weighting: Weighting = "gaussian_pdf",
-        statistic: Statistic = "mean",
-        location: Location = "mean",
-        scope: Sequence[str] = (),
-        min_group_size: int = 50,
-        ema_decay: float = 0.5,
-        max_weight: float | None = None,
+        num_pairs: int | None = None,
         truth_key: str | None = None,
         group_keys: Sequence[str] = (),
         export_dir: str | os.PathLike[str] | None = None,
         prefix: str = "dbpm",
+        reset_on_mismatch: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__()
-        scope = (scope,) if isinstance(scope, str) else tuple(scope)
-        validate_hparams(
-            num_pairs,
-            warmup_epochs,
-            beta_noisy,
-            beta_faulty,
-            weighting,
-            statistic=statistic,
-            location=location,
-            scope=scope,
-            min_group_size=min_group_size,
-            ema_decay=ema_decay,
-            max_weight=max_weight,
-        )
+        if miner is not None and options:
+            raise ValueError(
+                f"DynamicBadPairMining: give either miner=MinerSpec(...) or the flat options "
+                f"{sorted(options)}, not both"
+            )
+        if miner is None:
+            miner = MinerSpec.from_options(options)
+        elif not isinstance(miner, MinerSpec):
+            raise TypeError(
+                f"DynamicBadPairMining: miner must be a MinerSpec, got {type(miner).__name__}"
+            )
+        if num_pairs is not None:
+            num_pairs = check_num_pairs(num_pairs)
         if truth_key is not None and not isinstance(truth_key, str):
             raise TypeError(f"truth_key must be a string or None, got {truth_key!r}")
         if isinstance(group_keys, str):
@@ -178,25 +201,20 @@ class DynamicBadPairMining(Callback):
                 raise TypeError(f"group_keys must be strings, got {key!r}")
         if len(set(group_keys)) != len(group_keys):
             raise ValueError(f"group_keys has duplicates: {group_keys}")
+        self.spec: MinerSpec = miner
         self.num_pairs = num_pairs
-        self.warmup_epochs = warmup_epochs
-        self.beta_noisy = beta_noisy
-        self.beta_faulty = beta_faulty
-        self.weighting = weighting
-        self.statistic = statistic
-        self.location = location
-        self.scope = scope
-        self.min_group_size = min_group_size
-        self.ema_decay = ema_decay
-        self.max_weight = max_weight
         self.truth_key = truth_key
         self.group_keys = group_keys
         self.truth: Tensor | None = None
         self.export_dir = Path(export_dir) if export_dir is not None else None
         self.prefix = prefix
+        self.reset_on_mismatch = bool(reset_on_mismatch)
         self.miner: BadPairMiner | None = None
         self.group_values: dict[str, Tensor] = {}
         self.last_metrics: dict[str, float] = {}
+        #: the datamodule's ``train_fingerprint()`` this memory belongs to (``None``: unknown)
+        self.data_fingerprint: str | None = None
+        self._loaded_fingerprint: str | None = None
         self._pending_state: dict[str, Any] | None = None
         self._last_folded_epoch = -1
         self._recorded_epoch = -1
@@ -208,40 +226,32 @@ class DynamicBadPairMining(Callback):
 
         Global mean/std thresholds on the history mean, beta = 3/3, ``"gaussian_pdf"`` weights
         without a cap, warm-up 1; ``kwargs`` add logging (``group_keys``, ``truth_key``, ...) or
-        override a setting explicitly.
+        override a flat miner option explicitly.
 
         Example:
             >>> cb = DynamicBadPairMining.paper(group_keys=["race"])
-            >>> cb.scope, cb.location, cb.statistic, cb.beta_faulty, cb.weighting
-            ((), 'mean', 'mean', 3.0, 'gaussian_pdf')
+            >>> cb.spec.scope.attributes, cb.spec.statistic, cb.spec.rule.beta_faulty
+            ((), MeanLoss(), 3.0)
         """
-        settings: dict[str, Any] = dict(PAPER_SETTINGS)
-        settings.update(kwargs)
-        return cls(**settings)
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _OWN_ARGS}
+        return cls(MinerSpec.paper(**kwargs), **own)
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        """The attributes of the miner's scope (``()``: global)."""
+        return self.spec.scope.attributes
 
     def _stored_keys(self) -> tuple[str, ...]:
         return self.group_keys + tuple(k for k in self.scope if k not in self.group_keys)
 
     # ------------------------------------------------------------------ miner construction
     def _build(self, num_pairs: int, device: torch.device | str = "cpu") -> None:
-        self.miner = BadPairMiner(
-            num_pairs,
-            warmup_epochs=self.warmup_epochs,
-            beta_noisy=self.beta_noisy,
-            beta_faulty=self.beta_faulty,
-            weighting=self.weighting,
-            statistic=self.statistic,
-            location=self.location,
-            scope=self.scope,
-            min_group_size=self.min_group_size,
-            ema_decay=self.ema_decay,
-            max_weight=self.max_weight,
-            device=device,
-        )
+        self.miner = self.spec.build(num_pairs, device=device)
         self.group_values = {
             key: torch.full((num_pairs,), -1, dtype=torch.int8, device=device)
             for key in self._stored_keys()
         }
+        self.truth = None
         if self.truth_key is not None:
             self.truth = torch.full((num_pairs,), -1, dtype=torch.int8, device=device)
         if self._pending_state is not None:
@@ -269,7 +279,10 @@ class DynamicBadPairMining(Callback):
             self._build(self.num_pairs)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Build the miner from the dataset length if needed; move it to the module's device."""
+        """Build the miner (from the dataset length if needed), check the data fingerprint.
+
+        Then move the state to the module's device.
+        """
         self._strategy = getattr(trainer, "strategy", None)
         if self.miner is None:
             self._build(self._infer_num_pairs(trainer))
@@ -279,11 +292,51 @@ class DynamicBadPairMining(Callback):
             # the callback is reused by a new fit that did not resume: its epochs count anew
             self._last_folded_epoch = trainer.current_epoch - 1
             self._recorded_epoch = min(self._recorded_epoch, self._last_folded_epoch)
+        self._check_fingerprint(trainer)
         device = pl_module.device
         self.miner.to(device)
         self.group_values = {k: v.to(device) for k, v in self.group_values.items()}
         if self.truth is not None:
             self.truth = self.truth.to(device)
+
+    @staticmethod
+    def _train_fingerprint(trainer: pl.Trainer) -> str | None:
+        """The datamodule's ``train_fingerprint()``, or ``None`` if it has none."""
+        datamodule = getattr(trainer, "datamodule", None)
+        method = getattr(datamodule, "train_fingerprint", None)
+        if not callable(method):
+            return None
+        value = method()
+        return None if value is None else str(value)
+
+    def _check_fingerprint(self, trainer: pl.Trainer) -> None:
+        """Refuse (or, with ``reset_on_mismatch``, drop) a memory saved for other data."""
+        assert self.miner is not None
+        current = self._train_fingerprint(trainer)
+        saved, self._loaded_fingerprint = self._loaded_fingerprint, None
+        if saved is not None and current is not None and saved != current:
+            message = (
+                "DynamicBadPairMining: the checkpoint's DBPM memory was recorded on another "
+                f"training set (train_fingerprint {saved[:12]}... in the checkpoint, "
+                f"{current[:12]}... now: the training files were renamed, added, removed or "
+                "reordered), so each pair's loss history would be applied to another pair."
+            )
+            if not self.reset_on_mismatch:
+                raise ValueError(
+                    message + " Resume onto the same files, or start the memory afresh with "
+                    "DynamicBadPairMining(reset_on_mismatch=True) (YAML: "
+                    "init_args.reset_on_mismatch: true)."
+                )
+            warnings.warn(
+                message + " Starting the memory afresh (reset_on_mismatch=True).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._pending_state = None
+            self._build(self.miner.num_pairs)
+            self._last_folded_epoch = self._recorded_epoch = trainer.current_epoch - 1
+        if current is not None:
+            self.data_fingerprint = current
 
     # ------------------------------------------------------------------ module-facing API
     def pair_weights(self, index: Tensor, losses: Tensor) -> Tensor:
@@ -450,82 +503,43 @@ class DynamicBadPairMining(Callback):
             )
         }
         has = self.miner.has_history
-        flagged = self.miner.flagged_mask & has
-        for key, values in self.group_values.items():
-            shifted = values.long() + 1  # -1 (unknown) -> bin 0
-            total = torch.bincount(shifted[has], minlength=129).tolist()
-            bad = torch.bincount(shifted[flagged], minlength=129).tolist()
-            for b, (n_total, n_bad) in enumerate(zip(total, bad, strict=True)):
-                if n_total == 0:
-                    continue
-                g = "unknown" if b == 0 else str(b - 1)
-                out[f"{p}/{key}/flagged_count_group_{g}"] = float(n_bad)
-                out[f"{p}/{key}/flagged_rate_group_{g}"] = n_bad / n_total
+        out.update(group_flag_metrics(self.miner.flagged_mask, has, self.group_values, p))
         if len(self.scope) == 1:
             for row in self.miner.group_table:
                 g = row["group"][0]
-                out[f"{p}/{self.scope[0]}/threshold_faulty_group_{g}"] = row["threshold_faulty"]
+                for column in ("threshold_faulty", "weight_bad"):
+                    if column in row:
+                        out[f"{p}/{self.scope[0]}/{column}_group_{g}"] = row[column]
         if self.truth is not None:
-            out.update(self._truth_metrics(has))
-        return out
-
-    def _truth_metrics(self, has: Tensor) -> dict[str, float]:
-        """Precision/recall of the faulty flags against the stored ground truth."""
-        assert self.miner is not None and self.truth is not None
-        p = self.prefix
-        known = has & (self.truth >= 0)
-        bad = (self.truth == 1) & known
-        clean = (self.truth == 0) & known
-        faulty = self.miner.faulty_mask & known
-
-        def ratio(num: Tensor, den: Tensor) -> float:
-            d = int(den.sum())
-            return int(num.sum()) / d if d else float("nan")
-
-        out = {
-            f"{p}/num_bad": float(bad.sum()),
-            f"{p}/num_flagged_bad": float((faulty & bad).sum()),
-            f"{p}/precision": ratio(faulty & bad, faulty),
-            f"{p}/recall": ratio(faulty & bad, bad),
-            f"{p}/clean_flag_rate": ratio(faulty & clean, clean),
-        }
-        for key, values in self.group_values.items():
-            if key not in self.group_keys:
-                continue
-            for g in torch.unique(values[known]).tolist():
-                name = "unknown" if g < 0 else str(g)
-                in_g = values == g
-                out[f"{p}/{key}/precision_group_{name}"] = ratio(faulty & bad & in_g, faulty & in_g)
-                out[f"{p}/{key}/recall_group_{name}"] = ratio(faulty & bad & in_g, bad & in_g)
-                out[f"{p}/{key}/clean_flag_rate_group_{name}"] = ratio(
-                    faulty & clean & in_g, clean & in_g
+            out.update(
+                truth_metrics(
+                    self.miner.faulty_mask,
+                    has,
+                    self.truth,
+                    self.miner.history_mean,
+                    self.group_values,
+                    self.group_keys,
+                    p,
                 )
+            )
         return out
 
     def export_flagged(self, path: str | os.PathLike[str]) -> Path:
         """Write the currently flagged pairs to a CSV file at ``path`` and return the path.
 
         Columns: ``index``, ``history_mean``, ``num_epochs``, ``flag`` (``noisy``/``faulty``)
-        and one column per group key (-1 = unknown).
+        and one column per group key (-1 = unknown); written atomically
+        (:func:`~fairvlm_lightning.mining.scoring.export_flagged`).
         """
         if self.miner is None:
             raise RuntimeError("DynamicBadPairMining.export_flagged: the miner is not built yet")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        idx = self.miner.flagged_mask.nonzero().flatten()
-        columns = {
-            "index": idx.tolist(),
-            "history_mean": self.miner.history_mean[idx].tolist(),
-            "num_epochs": self.miner.history_count[idx].tolist(),
-            "flag": [_FLAG_NAMES[c] for c in self.miner.flags[idx].tolist()],
-        }
-        for key, values in self.group_values.items():
-            columns[key] = values[idx].tolist()
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(list(columns))
-            writer.writerows(zip(*columns.values(), strict=True))
-        return path
+        return export_flagged(
+            path,
+            self.miner.flags,
+            self.miner.history_mean,
+            self.miner.history_count,
+            self.group_values,
+        )
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -547,6 +561,11 @@ class DynamicBadPairMining(Callback):
             **({} if self.truth is None else {"truth": self.truth.detach().to("cpu", copy=True)}),
             "last_folded_epoch": self._last_folded_epoch,
             "recorded_epoch": self._recorded_epoch,
+            **(
+                {}
+                if self.data_fingerprint is None
+                else {"data_fingerprint": _encode(self.data_fingerprint)}
+            ),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -585,6 +604,23 @@ class DynamicBadPairMining(Callback):
             self.truth.copy_(truth)
         self._last_folded_epoch = int(state.get("last_folded_epoch", -1))
         self._recorded_epoch = int(state.get("recorded_epoch", -1))
+        fingerprint = _decode(state.get("data_fingerprint"))
+        self._loaded_fingerprint = fingerprint
+        if fingerprint is not None:
+            self.data_fingerprint = fingerprint
+
+
+def _encode(text: str) -> Tensor:
+    """A string as a uint8 tensor (checkpoint states hold tensors and numbers only)."""
+    return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+
+
+def _decode(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return bytes(value.to("cpu", torch.uint8).tolist()).decode("utf-8")
+    return str(value)
 
 
 def find_bad_pair_mining(

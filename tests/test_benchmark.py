@@ -91,7 +91,7 @@ def test_sweep_variants(tmp_path: Path) -> None:
     assert lam.overrides == ["--model.fairness_weight", "0.01"] and lam.base == "synthetic_fairclip"
     beta = variants[-1]
     cfg = _read_yaml(_materialise_config(beta, tmp_path))
-    init = cfg["trainer"]["callbacks"][0]["init_args"]
+    init = cfg["trainer"]["callbacks"][0]["init_args"]["miner"]["init_args"]["rule"]["init_args"]
     assert init["beta_noisy"] == init["beta_faulty"] == 2.0
     assert cfg["model"] == _read_yaml(CONFIGS / "synthetic_robust_fair.yaml")["model"]
     with pytest.raises(FileNotFoundError, match="neither a file nor a shipped config"):

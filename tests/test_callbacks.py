@@ -167,8 +167,12 @@ def _only_tensors_and_numbers(obj):
     return isinstance(obj, (torch.Tensor, int, float))
 
 
-@pytest.mark.parametrize("shuffle", [False, True], ids=["sequential+val", "epoch_shuffle+accum"])
-def test_resume_equals_uninterrupted_run(tmp_path, shuffle):
+@pytest.mark.parametrize(
+    ("shuffle", "mixture"),
+    [(False, False), (True, False), (True, True)],
+    ids=["sequential+val", "epoch_shuffle+accum", "epoch_shuffle+accum+mixture_posterior"],
+)
+def test_resume_equals_uninterrupted_run(tmp_path, shuffle, mixture):
     data = PairData()
     epochs, k = 4, 1
 
@@ -182,7 +186,13 @@ def test_resume_equals_uninterrupted_run(tmp_path, shuffle):
         # before the callback folds the epoch; shuffled: no validation, saved after the fold.
         # num_pairs is inferred in one case (state applied when the miner is built at
         # on_train_start) and given in the other (miner built at setup, state applied at once).
-        dbpm = DynamicBadPairMining(num_pairs=N if shuffle else None, beta_faulty=2.0)
+        if mixture:
+            from fairvlm_lightning.mining import GaussianMixtureRule, MinerSpec
+
+            spec = MinerSpec(rule=GaussianMixtureRule(weighting="posterior"))
+            dbpm = DynamicBadPairMining(spec, num_pairs=N)
+        else:
+            dbpm = DynamicBadPairMining(num_pairs=N if shuffle else None, beta_faulty=2.0)
         ckpt = ModelCheckpoint(
             dirpath=root,
             filename="{epoch}",
@@ -216,12 +226,17 @@ def test_resume_equals_uninterrupted_run(tmp_path, shuffle):
 
     assert full.miner.num_faulty > 0  # the weights mattered after the checkpoint
     a, b = full.miner.state_dict(), resumed.miner.state_dict()
-    for key in ("history_sum", "history_count", "flags", "current_count"):
-        assert torch.equal(a[key], b[key]), key
-    for key in ("mu", "sigma", "epochs_completed", "num_faulty", "num_noisy"):
-        assert a[key] == b[key], key
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), key
+        else:
+            assert value == b[key] or (value != value and b[key] != b[key]), key
     for p, q in zip(full_module.parameters(), resumed_module.parameters(), strict=True):
         assert torch.equal(p, q)
+    if mixture:  # the soft weights mattered: some pair trained below 1 after the checkpoint
+        assert "keep_weight" in a and int(a["keep_weight"].min()) < 255
+        return
     # and the history is the definition's, from the losses the module itself computed
     ref = reference_dbpm(epochs_from_log(full_module.log_losses, epochs), N, beta_faulty=2.0)[-1]
     np.testing.assert_array_equal(full.miner.flags.numpy(), ref["flags"])
@@ -460,6 +475,15 @@ def test_options_and_truth_metrics_through_the_trainer(tmp_path):
         assert m[f"dbpm/race/clean_flag_rate_group_{g}"] == pytest.approx(faulty[clean].mean())
         thr = next(r for r in dbpm.miner.group_table if r["group"] == (g,))["threshold_faulty"]
         assert m[f"dbpm/race/threshold_faulty_group_{g}"] == thr
+    # AUROC of the statistic separating bad from clean pairs, overall and within each group
+    from sklearn.metrics import roc_auc_score
+
+    stat = dbpm.miner.history_mean.numpy()
+    assert m["dbpm/auroc"] == pytest.approx(roc_auc_score(bad, stat))
+    for g in (0, 1, 2):
+        sel = race == g
+        ref_auc = roc_auc_score(bad[sel], stat[sel]) if 0 < bad[sel].sum() < sel.sum() else np.nan
+        assert m[f"dbpm/race/auroc_group_{g}"] == pytest.approx(ref_auc, nan_ok=True)
     # the truth survives a weights_only checkpoint round trip
     state = dbpm.state_dict()
     torch.save(state, tmp_path / "cb.pt")
@@ -468,6 +492,30 @@ def test_options_and_truth_metrics_through_the_trainer(tmp_path):
     restored.setup(None, None, "fit")
     assert torch.equal(restored.truth, dbpm.truth)
     assert restored.miner.group_table == dbpm.miner.group_table
+
+
+def test_mixture_rule_weights_reach_the_loss(tmp_path):
+    from fairvlm_lightning.mining import GaussianMixtureRule, MinerSpec
+
+    spec = MinerSpec(rule=GaussianMixtureRule(weighting="posterior"))
+    dbpm = DynamicBadPairMining(spec, truth_key="is_bad_pair")
+    module = Regressor()
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 2:  # the weights the module gets, per index
+                w = dbpm.pair_weights(batch["index"], torch.zeros(len(batch["index"])))
+                seen.append((batch["index"].clone(), w))
+
+    make_trainer(tmp_path, [dbpm, Spy()], 3).fit(module, DataLoader(TruthData(), batch_size=8))
+    assert set(FAULTY) <= set(dbpm.miner.faulty_mask.nonzero().flatten().tolist())
+    assert dbpm.miner.num_noisy == 0 and dbpm.last_metrics["dbpm/num_faulty"] > 0
+    # during epoch 2 every pair's weight is 1 - p_bad of the fit made after epoch 1
+    index = torch.cat([i for i, _ in seen])
+    weights = torch.cat([w for _, w in seen])
+    assert len(index) == N and weights[torch.isin(index, torch.tensor(FAULTY))].max() < 0.5
+    assert weights.min() >= 0 and weights.max() <= 1 and (weights < 1).sum() > len(FAULTY)
 
 
 def test_paper_preset_equals_default_callback(tmp_path):

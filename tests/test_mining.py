@@ -190,7 +190,7 @@ def test_inf_beta_disables_one_side():
 def test_end_epoch_in_chunks_matches_single_chunk(monkeypatch):
     epochs = planted_stream(num_epochs=3)
     whole = drive(BadPairMiner(N), epochs)
-    monkeypatch.setattr(mining, "_CHUNK", 7)
+    monkeypatch.setattr(mining.miner, "_CHUNK", 7)
     chunked = drive(BadPairMiner(N), epochs)
     assert torch.equal(whole.flags, chunked.flags)
     np.testing.assert_array_equal(whole.history_mean.numpy(), chunked.history_mean.numpy())
@@ -468,7 +468,7 @@ OPTION_CASES = [
 
 @pytest.mark.parametrize("case", OPTION_CASES, ids=lambda c: "-".join(map(str, c.values())))
 def test_options_match_numpy_reference(case, monkeypatch):
-    monkeypatch.setattr(mining, "_CHUNK", 128)  # several chunks: exercises the merges
+    monkeypatch.setattr(mining.miner, "_CHUNK", 128)  # several chunks: exercises the merges
     epochs, groups = grouped_stream()
     n = len(groups["race"])
     kwargs = dict(beta_noisy=2.0, beta_faulty=2.0, **case)
@@ -518,7 +518,7 @@ def test_paper_preset_is_the_default_rule_and_the_reference():
         got = paper.state_dict()[key]
         assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value, key
     assert_matches_reference(paper, reference_dbpm(epochs, N)[-1])
-    assert mining.PAPER_SETTINGS["scope"] == () and paper.max_weight is None
+    assert mining.PAPER_SETTINGS["scope"] == () and paper.rule.max_weight is None
 
 
 def test_max_weight_caps_and_tiny_sigma_warns():

@@ -4,6 +4,7 @@ pair, and a mid-epoch checkpoint resumes exactly. (Light imports: the workers re
 import math
 
 import numpy as np
+import pytest
 import torch
 from ddp_utils import run_distributed
 from test_mining_reference import reference_dbpm
@@ -172,3 +173,68 @@ def test_two_process_options_equal_one_process_and_numpy_reference():
         for key in ("flags", "history_sum", "history_count", "group_table_stats"):
             assert torch.equal(got[key], expected[key]), key
         assert got["mu"] == expected["mu"] and got["sigma"] == expected["sigma"]
+
+
+def _strategy(name):
+    """Strategy objects by name (built in each process: the workers re-import this module)."""
+    from fairvlm_lightning.mining import (
+        EmaLoss,
+        GaussianMixtureRule,
+        MedianMad,
+        Scope,
+        ThresholdRule,
+    )
+
+    return {
+        "ema-threshold-zero-race-median": dict(
+            statistic=EmaLoss(),
+            rule=ThresholdRule(math.inf, 1.5, MedianMad(), "zero"),
+            scope=Scope(("race",), 10),
+        ),
+        "mixture-zero": dict(rule=GaussianMixtureRule()),
+        "ema-mixture-posterior-race-gender": dict(
+            statistic=EmaLoss(0.3),
+            rule=GaussianMixtureRule(0.5, "posterior", bins=128),
+            scope=Scope(("race", "gender"), 10),
+        ),
+    }[name]
+
+
+def _strategy_worker(rank, world_size, epochs, name):
+    plan = _plan(epochs, rank, world_size)
+    groups = _groups()
+    miner = BadPairMiner(N, **_strategy(name))
+    saved = None
+    for e in range(len(plan)):
+        for b, index, losses in plan[e]:
+            if e == 1 and b > 6 and saved is None:
+                miner.sync()
+                saved = miner.state_dict()
+                resumed = BadPairMiner(N, **_strategy(name))
+                resumed.load_state_dict(saved)
+                miner = resumed  # go on from the checkpoint, as after a restart
+            _record(miner, index, losses)
+        miner.end_epoch(groups=groups)
+    return miner.state_dict()
+
+
+@pytest.mark.parametrize(
+    "name", ["ema-threshold-zero-race-median", "mixture-zero", "ema-mixture-posterior-race-gender"]
+)
+def test_two_process_equals_one_process_for_every_strategy(name):
+    epochs = _stream(seed=2)
+    results = run_distributed(_strategy_worker, world_size=2, epochs=epochs, name=name)
+    single = BadPairMiner(N, **_strategy(name))
+    for batches in _all_batches_as_one_process(epochs):
+        for index, losses in batches:
+            _record(single, index, losses)
+        single.end_epoch(groups=_groups())
+    expected = single.state_dict()
+    assert {9, 33, 101} <= set(torch.nonzero(expected["flags"] == 2).flatten().tolist())
+    for got in results:
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(got[key], value), key
+            else:
+                assert got[key] == value or (math.isnan(got[key]) and math.isnan(value)), key

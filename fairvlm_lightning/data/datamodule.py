@@ -473,6 +473,37 @@ class FairVLMedDataModule(LightningDataModule):
         )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def train_fingerprint(self) -> str:
+        """Which sample each training ``index`` means, as a SHA-256 hex digest.
+
+        The hash of the training split's file names in index order (and their number), so it
+        changes when files are renamed, added, removed or reordered, and not when only their
+        content is rewritten. :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` keeps
+        it with its per-pair memory and refuses to resume that memory onto other files.
+
+        Raises:
+            RuntimeError: before :meth:`setup` loaded the training split.
+
+        Example:
+            >>> import tempfile
+            >>> dm = FairVLMedDataModule(tempfile.mkdtemp(), synthetic=True,
+            ...     synthetic_kwargs={"sizes": {"train": 8, "val": 4, "test": 4},
+            ...                       "image_shape": (32, 32), "warm_start_steps": 0})
+            >>> dm.setup("fit")
+            >>> len(dm.train_fingerprint())
+            64
+        """
+        ds = self.datasets.get("train")
+        if ds is None:
+            raise RuntimeError(
+                "FairVLMedDataModule.train_fingerprint: the training split is not loaded; "
+                "call setup('fit') first"
+            )
+        digest = hashlib.sha256(f"fairvlmed-train:{ds.num_rows}\n".encode())
+        for name in ds.select_columns(["filename"]).to_dict()["filename"]:
+            digest.update(name.encode("utf-8") + b"\n")
+        return digest.hexdigest()
+
     def split_dataset(self, split: str) -> _SplitDataset:
         """The preprocessed map-style dataset of ``split`` (after :meth:`setup`)."""
         if split not in self._splits:

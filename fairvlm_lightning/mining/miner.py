@@ -1,129 +1,96 @@
 """Dynamic Bad Pair Mining (DBPM): a framework-free core that any training loop can drive.
 
 DBPM keeps, for every image-text pair of the training set (keyed by its dataset ``index``, never
-by its position in a batch), the mean of its *raw, unweighted* loss in each past epoch. At the
-start of epoch ``e`` (once ``e >= max(warmup_epochs, 1)``), with ``m_i`` the mean of pair ``i``'s
-past per-epoch losses and ``mu``, ``sigma`` the mean and population standard deviation of
-``{m_i}`` over the pairs that have a history, pair ``i`` is
+by its position in a batch), a statistic of its *raw, unweighted* loss over past epochs. At the
+start of epoch ``e`` (once ``e >= max(warmup_epochs, 1)``) a rule judges the statistic of every
+pair with history and flags pairs; a flagged pair's current loss is multiplied by a detached
+weight. The paper's rule (the default, :meth:`BadPairMiner.paper`): with ``m_i`` the mean of pair
+``i``'s past per-epoch mean losses and ``mu``, ``sigma`` the mean and population standard
+deviation of ``{m_i}``, pair ``i`` is
 
 * *noisy* if ``m_i < mu - beta_noisy * sigma`` (suspiciously easy), and
-* *faulty* if ``m_i > mu + beta_faulty * sigma`` (consistently hard: e.g. a mismatched note).
+* *faulty* if ``m_i > mu + beta_faulty * sigma`` (consistently hard: e.g. a mismatched note),
 
-A flagged pair's current loss ``l_i`` is multiplied by a detached weight ``w_i``; all other pairs
-get 1. Weightings: ``"gaussian_pdf"`` = ``N(l_i; mu, sigma)``, the normal density exactly as the
-paper and its code (it can exceed 1 when ``sigma < 1/sqrt(2*pi)``); ``"gaussian"`` =
-``exp(-(l_i - mu)**2 / (2 * sigma**2))`` in ``(0, 1]``; ``"zero"`` drops the pair.
+and gets the weight ``N(l_i; mu, sigma)`` at its current loss ``l_i``; all other pairs get 1.
 
-Options (all off in :meth:`BadPairMiner.paper`, the rule above; formulas in ``docs/mining.md``):
-
-* ``statistic``: the per-pair number that is thresholded. ``"mean"`` (paper) is ``m_i`` above;
-  ``"ema"`` is the recency-weighted mean ``h_i <- x_i`` at the pair's first epoch and
-  ``h_i <- a * x_i + (1 - a) * h_i`` afterwards (``x_i`` = the pair's mean loss in the epoch,
-  ``a = ema_decay``), so recent epochs count more.
-* ``location``: ``"mean"`` (paper: ``mu`` = mean, ``sigma`` = population std) or ``"median"``
-  (``mu`` = median, ``sigma`` = 1.4826 * median absolute deviation, the normal-consistent MAD).
-* ``scope``: ``()`` (paper: one global ``mu``, ``sigma``) or attribute names, e.g. ``("race",)``:
-  each pair is judged against the pairs of its own group (for several attributes, of its own
-  intersection cell, e.g. race x gender) with that group's ``mu_g + beta * sigma_g``. Pairs of a
-  group with fewer than ``min_group_size`` pairs with history, and pairs with an unknown (-1)
-  value in a scope attribute, are judged against the global thresholds. The group ids of all
-  pairs are passed to :meth:`BadPairMiner.end_epoch` (``groups={"race": (num_pairs,) ids}``);
-  the miner keeps only O(groups) numbers about them.
-* ``max_weight``: caps the weight of a flagged pair (``None``: no cap, as the paper). The
-  ``"gaussian_pdf"`` weight peaks at ``1 / (sigma * sqrt(2*pi))``, 8e5 at ``sigma = 5e-7``: the
-  miner warns once when that peak exceeds 1 and no cap is set.
-
-The weighting always uses the global ``mu`` and ``sigma`` of the statistic.
+The statistic, the scope and the rule are small objects
+(:mod:`fairvlm_lightning.mining.strategies`): ``MeanLoss``/``EmaLoss``, ``Scope``,
+``ThresholdRule`` (with ``MeanStd``/``MedianMad``) and ``GaussianMixtureRule``. Today's flat
+options (``statistic="ema"``, ``location="median"``, ``scope=("race",)``, ``beta_faulty=...``,
+``weighting=...``, ``min_group_size``, ``ema_decay``, ``max_weight``) still work and build the
+same objects (:func:`~fairvlm_lightning.mining.strategies.strategies_from_options`).
 
 The loop contract is three calls: :meth:`BadPairMiner.weights` before reducing the loss,
 :meth:`BadPairMiner.record` with the raw per-pair losses of the step, and
 :meth:`BadPairMiner.end_epoch` after the last batch of every epoch. The Lightning callback
 :class:`fairvlm_lightning.callbacks.DynamicBadPairMining` makes those calls for a ``Trainer``.
 
-Memory layout (15 bytes per pair, independent of the number of epochs)::
+Memory layout (15 bytes per pair, 16 with a soft-weight rule, independent of the epochs)::
 
-    history_sum    float32  4 B   sum over past epochs of the pair's epoch-mean loss
+    history_sum    float32  4 B   the statistic's stored value (MeanLoss: the sum of the
+                                  pair's per-epoch means; EmaLoss: the EMA itself)
     history_count  int16    2 B   number of past epochs in which the pair was seen (<= 32767)
     current_sum    float32  4 B   sum of this epoch's finite raw losses of the pair
     current_count  int32    4 B   number of this epoch's finite losses of the pair
     flags          int8     1 B   0 = unflagged, 1 = noisy, 2 = faulty (for the current epoch)
+    keep_weight    uint8    1 B   only for a rule with ``soft_weights`` (GaussianMixtureRule
+                                  with weighting="posterior"): round(255 * weight)
 
 ``current_count`` is int32 rather than int16 because NCCL cannot all-reduce int16 tensors.
-With ``statistic="ema"`` ``history_sum`` holds the recency-weighted mean itself (same bytes).
 ``end_epoch`` works in chunks of 2**20 pairs, so its transient memory is a few MiB whatever the
-number of pairs, except with ``location="median"`` (a transient float32 copy of the statistic,
-4 bytes per pair) and with a ``scope`` (a transient int64 group-cell id per chunk).
+number of pairs, except for a rule that needs all values (``MedianMad``, the mixture rule: a
+transient float64 copy of the statistic and an int64 cell id of the pairs with history) and with
+a ``scope`` (a transient int64 group-cell id per chunk).
 
 Non-finite losses (NaN, +-inf) are skipped and counted (:attr:`BadPairMiner.num_nonfinite`); they
 never enter a pair's history, so they cannot poison ``mu`` and ``sigma``.
 
 Distributed training: every process records the pairs it saw. :meth:`BadPairMiner.end_epoch`
 first sums the current-epoch accumulators over the ranks (all-reduce), so every rank computes the
-same history, ``mu``, ``sigma`` and flags. :meth:`BadPairMiner.state_dict` performs no collective:
-call :meth:`BadPairMiner.sync` on every rank before saving (the Lightning callback does). After a
-sync, or a load of a saved state, every rank holds the global sums; the ranks other than 0 drop
-their copy before they record again or fold the epoch, so recording can go on and every loss is
-still counted exactly once.
+same history, fit and flags (every rule is deterministic). :meth:`BadPairMiner.state_dict`
+performs no collective: call :meth:`BadPairMiner.sync` on every rank before saving (the Lightning
+callback does). After a sync, or a load of a saved state, every rank holds the global sums; the
+ranks other than 0 drop their copy before they record again or fold the epoch, so recording can
+go on and every loss is still counted exactly once.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fairvlm_lightning.mining.strategies import (
+    FAULTY,
+    NOISY,
+    NOT_FLAGGED,
+    PAPER_SETTINGS,
+    CellStatistics,
+    LossStatistic,
+    MiningRule,
+    RuleFit,
+    Scope,
+    ThresholdRule,
+    rule_name,
+    statistic_name,
+    strategies_from_options,
+)
 from fairvlm_lightning.validation import check_integer_ids, is_integer_tensor
 
-__all__ = [
-    "FAULTY",
-    "LOCATIONS",
-    "NOISY",
-    "NOT_FLAGGED",
-    "STATISTICS",
-    "WEIGHTINGS",
-    "BadPairMiner",
-    "dist_rank_world",
-]
-
-Weighting = Literal["gaussian_pdf", "gaussian", "zero"]
-WEIGHTINGS: tuple[str, ...] = ("gaussian_pdf", "gaussian", "zero")
-Statistic = Literal["mean", "ema"]
-STATISTICS: tuple[str, ...] = ("mean", "ema")
-Location = Literal["mean", "median"]
-LOCATIONS: tuple[str, ...] = ("mean", "median")
-#: 1 / Phi^-1(3/4): MAD * this estimates sigma for normal data
-MAD_TO_SIGMA = 1.482602218505602
-
-NOT_FLAGGED = 0
-NOISY = 1
-FAULTY = 2
-
-#: The paper's rule (the defaults of :class:`BadPairMiner`): see :meth:`BadPairMiner.paper`.
-PAPER_SETTINGS: dict[str, Any] = {
-    "warmup_epochs": 1,
-    "beta_noisy": 3.0,
-    "beta_faulty": 3.0,
-    "weighting": "gaussian_pdf",
-    "statistic": "mean",
-    "location": "mean",
-    "scope": (),
-    "max_weight": None,
-}
+__all__ = ["BadPairMiner", "MinerSpec", "check_num_pairs", "dist_rank_world"]
 
 _CHUNK = 1 << 20
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 _MAX_EPOCHS = torch.iinfo(torch.int16).max
 _MAX_CELLS = 1 << 16
-#: the ``gaussian_pdf`` weight peak ``1 / (sigma * sqrt(2 pi))`` above which the miner warns
-PDF_PEAK_WARNING = 10.0
-_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_KEEP_ONE = 255  # keep_weight code of weight 1
 
-# name -> dtype of every per-pair tensor of the state (the 15-byte layout above)
+# name -> dtype of every per-pair tensor of the state (the layout above)
 _PER_PAIR: dict[str, torch.dtype] = {
     "history_sum": torch.float32,
     "history_count": torch.int16,
@@ -145,116 +112,39 @@ def dist_rank_world(group: Any = None) -> tuple[int, int]:
     return 0, 1
 
 
-def validate_hparams(
-    num_pairs: int | None,
-    warmup_epochs: int,
-    beta_noisy: float,
-    beta_faulty: float,
-    weighting: str,
-    *,
-    statistic: str = "mean",
-    location: str = "mean",
-    scope: Sequence[str] = (),
-    min_group_size: int = 50,
-    ema_decay: float = 0.5,
-    max_weight: float | None = None,
-) -> None:
-    """Raise ``TypeError``/``ValueError`` naming the first bad DBPM hyper-parameter.
-
-    ``num_pairs=None`` is accepted (the Lightning callback infers it from the dataset).
+def check_num_pairs(num_pairs: Any) -> int:
+    """``num_pairs`` as an int; ``TypeError``/``ValueError`` unless it is an int > 0.
 
     Example:
-        >>> validate_hparams(10, 1, 3.0, 3.0, "gaussian_pdf")
-        >>> validate_hparams(10, 1, 3.0, 3.0, "median")
-        Traceback (most recent call last):
-        ...
-        ValueError: weighting must be one of ('gaussian_pdf', 'gaussian', 'zero'), got 'median'
+        >>> check_num_pairs(10)
+        10
     """
-    if num_pairs is not None:
-        if isinstance(num_pairs, bool) or not isinstance(num_pairs, int):
-            raise TypeError(f"num_pairs must be an int, got {type(num_pairs).__name__}")
-        if num_pairs <= 0:
-            raise ValueError(f"num_pairs must be > 0, got {num_pairs}")
+    if isinstance(num_pairs, bool) or not isinstance(num_pairs, int):
+        raise TypeError(f"num_pairs must be an int, got {type(num_pairs).__name__}")
+    if num_pairs <= 0:
+        raise ValueError(f"num_pairs must be > 0, got {num_pairs}")
+    return int(num_pairs)
+
+
+def _check_warmup(warmup_epochs: Any) -> int:
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int):
         raise TypeError(f"warmup_epochs must be an int, got {type(warmup_epochs).__name__}")
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-    for name, beta in (("beta_noisy", beta_noisy), ("beta_faulty", beta_faulty)):
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-            raise TypeError(f"{name} must be a number, got {type(beta).__name__}")
-        if math.isnan(beta) or beta < 0:
-            raise ValueError(f"{name} must be >= 0 (math.inf disables that side), got {beta}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-    if location not in LOCATIONS:
-        raise ValueError(f"location must be one of {LOCATIONS}, got {location!r}")
-    if isinstance(scope, str) or not all(isinstance(a, str) for a in scope):
-        raise TypeError(f"scope must be a sequence of attribute names, got {scope!r}")
-    if len(set(scope)) != len(tuple(scope)):
-        raise ValueError(f"scope has duplicates: {tuple(scope)}")
-    if isinstance(min_group_size, bool) or not isinstance(min_group_size, int):
-        raise TypeError(f"min_group_size must be an int, got {type(min_group_size).__name__}")
-    if min_group_size < 2:
-        raise ValueError(f"min_group_size must be >= 2, got {min_group_size}")
-    if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)):
-        raise TypeError(f"ema_decay must be a number, got {type(ema_decay).__name__}")
-    if not 0.0 < ema_decay <= 1.0:
-        raise ValueError(f"ema_decay must be in (0, 1], got {ema_decay}")
-    if max_weight is not None:
-        if isinstance(max_weight, bool) or not isinstance(max_weight, (int, float)):
-            raise TypeError(f"max_weight must be a number or None, got {type(max_weight).__name__}")
-        if not max_weight > 0 or math.isnan(max_weight):
-            raise ValueError(f"max_weight must be > 0 (or None: no cap), got {max_weight}")
+    return int(warmup_epochs)
 
 
-def _threshold(location: float, scale: float, signed_beta: float) -> float:
-    """``location + signed_beta * scale``; an infinite beta gives +-inf whatever the scale."""
-    if math.isinf(signed_beta):
-        return signed_beta
-    return location + signed_beta * scale
-
-
-def _median(values: Tensor) -> float:
-    """Median as NumPy's (mean of the two middle values for an even count), in float64."""
-    n = values.numel()
-    lo = float(values.kthvalue((n + 1) // 2).values)
-    hi = float(values.kthvalue(n // 2 + 1).values) if n % 2 == 0 else lo
-    return 0.5 * (lo + hi)
-
-
-def _median_mad(values: Tensor) -> tuple[float, float]:
-    """``(median, 1.4826 * median(|values - median|))`` of a 1-D float64 tensor."""
-    med = _median(values)
-    return med, MAD_TO_SIGMA * _median((values - med).abs())
-
-
-def _cell_values(cells: tuple[list[Tensor], list[int]], cell: int) -> tuple[int, ...]:
-    """The group id of each scope attribute of ``cell`` (inverse of the mixed radix)."""
-    _, strides = cells
-    return tuple(
-        (cell // strides[i]) % (strides[i + 1] // strides[i]) for i in range(len(strides) - 1)
-    )
-
-
-_GROUP_TABLE_STATS = (
-    "count",
-    "location",
-    "scale",
-    "own_threshold",
-    "threshold_noisy",
-    "threshold_faulty",
-)
-
-
-def _group_table_from_tensors(groups: Any, stats: Any) -> list[dict[str, Any]]:
+def _group_table_from_tensors(
+    groups: Any, stats: Any, columns: Sequence[str]
+) -> list[dict[str, Any]]:
     if not isinstance(groups, Tensor) or not isinstance(stats, Tensor):
+        return []
+    if stats.ndim != 2 or stats.shape[1] != len(columns):
         return []
     out: list[dict[str, Any]] = []
     for g, row in zip(groups.tolist(), stats.tolist(), strict=True):
         entry: dict[str, Any] = {"group": tuple(int(v) for v in g)}
-        for key, value in zip(_GROUP_TABLE_STATS, row, strict=True):
+        for key, value in zip(columns, row, strict=True):
             entry[key] = value
         entry["count"] = int(entry["count"])
         entry["own_threshold"] = bool(entry["own_threshold"])
@@ -295,35 +185,134 @@ class _CellMoments:
         return out
 
 
+def _cell_names(strides: list[int]) -> list[tuple[int, ...]]:
+    """The group id of each scope attribute of every cell (inverse of the mixed radix)."""
+    return [
+        tuple((c // strides[i]) % (strides[i + 1] // strides[i]) for i in range(len(strides) - 1))
+        for c in range(strides[-1])
+    ]
+
+
+class MinerSpec:
+    """A configured miner without its size: the statistic, rule, scope and warm-up.
+
+    What :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` takes (the size is the
+    training set's, known at fit start) and what a LightningCLI YAML configures with nested
+    ``class_path``/``init_args``. ``None`` means the paper's choice. Today's flat options
+    (``beta_faulty=``, ``weighting=``, ``location=``, ``statistic="ema"``, ``scope=("race",)``,
+    ``min_group_size=``, ``ema_decay=``, ``max_weight=``) are accepted and build the same
+    objects.
+
+    Args:
+        warmup_epochs: no pair is flagged during the first ``max(warmup_epochs, 1)`` epochs.
+        statistic: ``MeanLoss()`` (paper), ``EmaLoss(decay)``, or ``"mean"``/``"ema"``.
+        rule: ``ThresholdRule(...)`` (paper with its defaults) or ``GaussianMixtureRule(...)``.
+        scope: ``Scope(attributes, min_group_size)`` or a sequence of attribute names; ``()``
+            (paper) judges all pairs together.
+        **options: the flat options above.
+
+    Example:
+        >>> from fairvlm_lightning.mining import EmaLoss, GaussianMixtureRule, Scope
+        >>> spec = MinerSpec(statistic=EmaLoss(0.5), rule=GaussianMixtureRule(),
+        ...                  scope=Scope(["race"]))
+        >>> spec.build(1000).rule.threshold
+        0.5
+        >>> MinerSpec(beta_faulty=1.5).rule.beta_faulty
+        1.5
+    """
+
+    def __init__(
+        self,
+        warmup_epochs: int = 1,
+        statistic: LossStatistic | str | None = None,
+        rule: MiningRule | None = None,
+        scope: Scope | Sequence[str] | None = None,
+        **options: Any,
+    ) -> None:
+        self.warmup_epochs = _check_warmup(warmup_epochs)
+        self.statistic, self.rule, self.scope = strategies_from_options(
+            statistic, rule, scope, options
+        )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> MinerSpec:
+        """A spec from today's flat options as one mapping (``{"beta_faulty": 2.0, ...}``).
+
+        Example:
+            >>> MinerSpec.from_options({"warmup_epochs": 2, "statistic": "ema"}).statistic
+            EmaLoss(decay=0.5)
+        """
+        if not isinstance(options, Mapping):
+            raise TypeError(f"options must be a mapping, got {type(options).__name__}")
+        return cls(**options)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> MinerSpec:
+        """The paper's rule exactly (:data:`~fairvlm_lightning.mining.PAPER_SETTINGS`).
+
+        Example:
+            >>> rule = MinerSpec.paper().rule
+            >>> rule.beta_noisy, rule.beta_faulty, rule.location, rule.weighting, rule.max_weight
+            (3.0, 3.0, MeanStd(), 'gaussian_pdf', None)
+        """
+        settings: dict[str, Any] = dict(PAPER_SETTINGS)
+        settings.update(overrides)
+        return cls(**settings)
+
+    def build(self, num_pairs: int, device: torch.device | str | None = None) -> BadPairMiner:
+        """A fresh :class:`BadPairMiner` for ``num_pairs`` pairs with these strategies."""
+        return BadPairMiner(
+            num_pairs,
+            warmup_epochs=self.warmup_epochs,
+            statistic=self.statistic,
+            rule=self.rule,
+            scope=self.scope,
+            device=device,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MinerSpec) and (
+            self.warmup_epochs,
+            self.statistic,
+            self.rule,
+            self.scope,
+        ) == (other.warmup_epochs, other.statistic, other.rule, other.scope)
+
+    def __hash__(self) -> int:
+        return hash((self.warmup_epochs, self.statistic, self.rule, self.scope))
+
+    def __repr__(self) -> str:
+        return (
+            f"MinerSpec(warmup_epochs={self.warmup_epochs}, statistic={self.statistic!r}, "
+            f"rule={self.rule!r}, scope={self.scope!r})"
+        )
+
+
 class BadPairMiner:
-    """Per-pair loss memory, thresholds and weights of Dynamic Bad Pair Mining.
+    """Per-pair loss memory, fit, flags and weights of Dynamic Bad Pair Mining.
 
     Args:
         num_pairs: number of pairs in the training set; ``index`` values lie in
             ``[0, num_pairs)``.
         warmup_epochs: no pair is flagged during the first ``max(warmup_epochs, 1)`` epochs
             (``0`` and ``1`` behave alike: flags need at least one epoch of history).
-        beta_noisy: a pair is noisy if its history mean is below ``mu - beta_noisy * sigma``;
-            ``math.inf`` disables noisy flags.
-        beta_faulty: a pair is faulty if its history mean is above ``mu + beta_faulty * sigma``;
-            ``math.inf`` disables faulty flags.
-        weighting: ``"gaussian_pdf"`` (paper), ``"gaussian"`` or ``"zero"``; see the module
-            docstring.
-        statistic: ``"mean"`` (paper: mean of the per-epoch means) or ``"ema"``
-            (recency-weighted mean with ``ema_decay``).
-        location: ``"mean"`` (paper: mean and population std) or ``"median"`` (median and
-            1.4826 * MAD).
-        scope: attribute names whose groups (intersection cells for several) get their own
-            thresholds; ``()`` (paper) is global. Needs ``groups=`` in :meth:`end_epoch`.
-        min_group_size: a group with fewer pairs with history is judged globally.
-        ema_decay: weight ``a`` of the newest epoch in ``statistic="ema"``.
-        max_weight: cap on a flagged pair's weight (``None``: no cap, as the paper).
+        statistic: :class:`~fairvlm_lightning.mining.MeanLoss` (paper),
+            :class:`~fairvlm_lightning.mining.EmaLoss`, or ``"mean"``/``"ema"``.
+        rule: :class:`~fairvlm_lightning.mining.ThresholdRule` (default: the paper's) or
+            :class:`~fairvlm_lightning.mining.GaussianMixtureRule`.
+        scope: :class:`~fairvlm_lightning.mining.Scope` or attribute names whose groups
+            (intersection cells for several) get their own fit; ``()`` (paper) is global. Needs
+            ``groups=`` in :meth:`end_epoch`.
         device: where the state lives; keep it on the training device so that ``record`` and
             ``weights`` need no host transfer (:meth:`to` moves it later).
+        **options: today's flat options (``beta_noisy``, ``beta_faulty``, ``weighting``,
+            ``location``, ``max_weight``, ``min_group_size``, ``ema_decay``), which build the
+            same objects.
 
     Example:
         >>> import torch
-        >>> miner = BadPairMiner(6, warmup_epochs=1, beta_noisy=1.5, beta_faulty=1.5)
+        >>> from fairvlm_lightning.mining import ThresholdRule
+        >>> miner = BadPairMiner(6, rule=ThresholdRule(beta_noisy=1.5, beta_faulty=1.5))
         >>> losses = torch.tensor([1.0, 1.1, 0.9, 1.0, 1.05, 9.0])  # pair 5 is always hard
         >>> for epoch in range(2):
         ...     w = miner.weights(torch.arange(6), losses)  # before reducing the loss
@@ -342,45 +331,19 @@ class BadPairMiner:
         num_pairs: int,
         *,
         warmup_epochs: int = 1,
-        beta_noisy: float = 3.0,
-        beta_faulty: float = 3.0,
-        weighting: Weighting = "gaussian_pdf",
-        statistic: Statistic = "mean",
-        location: Location = "mean",
-        scope: Sequence[str] = (),
-        min_group_size: int = 50,
-        ema_decay: float = 0.5,
-        max_weight: float | None = None,
+        statistic: LossStatistic | str | None = None,
+        rule: MiningRule | None = None,
+        scope: Scope | Sequence[str] | None = None,
         device: torch.device | str | None = None,
+        **options: Any,
     ) -> None:
-        scope = tuple(scope) if not isinstance(scope, str) else scope
-        validate_hparams(
-            num_pairs,
-            warmup_epochs,
-            beta_noisy,
-            beta_faulty,
-            weighting,
-            statistic=statistic,
-            location=location,
-            scope=scope,
-            min_group_size=min_group_size,
-            ema_decay=ema_decay,
-            max_weight=max_weight,
+        self.num_pairs = check_num_pairs(num_pairs)
+        self.warmup_epochs = _check_warmup(warmup_epochs)
+        self.statistic, self.rule, self.scope = strategies_from_options(
+            statistic, rule, scope, options
         )
-        self.num_pairs = int(num_pairs)
-        self.warmup_epochs = int(warmup_epochs)
-        self.beta_noisy = float(beta_noisy)
-        self.beta_faulty = float(beta_faulty)
-        self.weighting: str = weighting
-        self.statistic: str = statistic
-        self.location: str = location
-        self.scope: tuple[str, ...] = tuple(scope)
-        self.min_group_size = int(min_group_size)
-        self.ema_decay = float(ema_decay)
-        self.max_weight = None if max_weight is None else float(max_weight)
-        self._warned_pdf = False
-        # per group cell (O(groups)): the scope values, pairs with history, own thresholds
-        self.group_table: list[dict[str, Any]] = []
+        self._warned = False
+        self.fit = RuleFit(math.nan, math.nan, math.nan, math.nan)
         dev = torch.device("cpu") if device is None else torch.device(device)
         n = self.num_pairs
         self._history_sum = torch.zeros(n, dtype=torch.float32, device=dev)
@@ -388,16 +351,17 @@ class BadPairMiner:
         self._current_sum = torch.zeros(n, dtype=torch.float32, device=dev)
         self._current_count = torch.zeros(n, dtype=torch.int32, device=dev)
         self._flags = torch.zeros(n, dtype=torch.int8, device=dev)
+        self._keep: Tensor | None = (
+            torch.full((n,), _KEEP_ONE, dtype=torch.uint8, device=dev)
+            if self.rule.soft_weights
+            else None
+        )
         # skipped non-finite losses of the current epoch (local until the next sync)
         self._nonfinite_pending = torch.zeros((), dtype=torch.int64, device=dev)
         # True after sync()/load under DDP: every rank holds the global current-epoch sums
         self._replicated = False
         self._replica_group: Any = None
         self.epochs_completed = 0
-        self.mu = math.nan
-        self.sigma = math.nan
-        self.threshold_noisy = math.nan
-        self.threshold_faulty = math.nan
         self.num_noisy = 0
         self.num_faulty = 0
         self.num_with_history = 0
@@ -406,19 +370,50 @@ class BadPairMiner:
 
     @classmethod
     def paper(cls, num_pairs: int, **kwargs: Any) -> BadPairMiner:
-        """The paper's rule exactly (:data:`PAPER_SETTINGS`).
+        """The paper's rule exactly (:data:`~fairvlm_lightning.mining.PAPER_SETTINGS`).
 
         History mean, global mean/std thresholds, beta = 3/3, ``"gaussian_pdf"`` weights without
         a cap; ``kwargs`` may set ``warmup_epochs`` or ``device`` (or override anything else).
 
         Example:
             >>> m = BadPairMiner.paper(10)
-            >>> m.statistic, m.location, m.scope, m.beta_faulty, m.weighting, m.max_weight
-            ('mean', 'mean', (), 3.0, 'gaussian_pdf', None)
+            >>> m.statistic, m.scope.attributes, m.rule.beta_faulty, m.rule.weighting
+            (MeanLoss(), (), 3.0, 'gaussian_pdf')
         """
         settings: dict[str, Any] = dict(PAPER_SETTINGS)
         settings.update(kwargs)
         return cls(num_pairs, **settings)
+
+    @property
+    def spec(self) -> MinerSpec:
+        """The :class:`MinerSpec` that builds a fresh miner like this one."""
+        return MinerSpec(self.warmup_epochs, self.statistic, self.rule, self.scope)
+
+    # ------------------------------------------------------------------ fit (read-only views)
+    @property
+    def mu(self) -> float:
+        """Global location of the statistic (the threshold rule's ``mu``); NaN before a fit."""
+        return self.fit.mu
+
+    @property
+    def sigma(self) -> float:
+        """Global scale of the statistic (the threshold rule's ``sigma``)."""
+        return self.fit.sigma
+
+    @property
+    def threshold_noisy(self) -> float:
+        """Global lower threshold (NaN for a rule without one)."""
+        return self.fit.threshold_noisy
+
+    @property
+    def threshold_faulty(self) -> float:
+        """Global upper threshold (NaN for a rule without one)."""
+        return self.fit.threshold_faulty
+
+    @property
+    def group_table(self) -> list[dict[str, Any]]:
+        """One dict per scope cell with pairs with history: ``group`` and the rule's columns."""
+        return self.fit.group_table
 
     # ------------------------------------------------------------------ properties
     @property
@@ -447,25 +442,28 @@ class BadPairMiner:
         return self._flags != NOT_FLAGGED
 
     @property
+    def keep_weight(self) -> Tensor | None:
+        """(num_pairs,) float32 stored weight of a soft-weight rule (``None`` for others)."""
+        return None if self._keep is None else self._keep.float() / _KEEP_ONE
+
+    @property
     def history_count(self) -> Tensor:
         """(num_pairs,) int16 number of completed epochs in which each pair was seen."""
         return self._history_count
 
     @property
     def history_mean(self) -> Tensor:
-        """(num_pairs,) float32 statistic that is thresholded; NaN without history.
+        """(num_pairs,) float32 statistic that is judged; NaN without history.
 
-        The mean of each pair's per-epoch mean losses (``statistic="mean"``, the paper) or the
-        recency-weighted mean (``statistic="ema"``).
+        The mean of each pair's per-epoch mean losses (``MeanLoss``, the paper) or the
+        recency-weighted mean (``EmaLoss``).
         """
         count = self._history_count
         return torch.where(count > 0, self._stat(0, self.num_pairs), math.nan)
 
     def _stat(self, s: int, e: int) -> Tensor:
         """The statistic of pairs ``s:e`` (0/0 = NaN or garbage without history: mask it)."""
-        if self.statistic == "ema":
-            return self._history_sum[s:e].clone()
-        return self._history_sum[s:e] / self._history_count[s:e]
+        return self.statistic.value(self._history_sum[s:e], self._history_count[s:e])
 
     @property
     def has_history(self) -> Tensor:
@@ -488,28 +486,32 @@ class BadPairMiner:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the per-pair state (``15 * num_pairs``)."""
+        """Bytes held by the per-pair state (15 or 16 times ``num_pairs``)."""
         return sum(t.element_size() * t.numel() for t in self._per_pair_tensors().values())
 
     @property
     def bytes_per_pair(self) -> float:
-        """``nbytes / num_pairs`` (15.0 with the layout in the module docstring)."""
+        """``nbytes / num_pairs`` (15.0, or 16.0 with a soft-weight rule)."""
         return self.nbytes / self.num_pairs
 
     def _per_pair_tensors(self) -> dict[str, Tensor]:
-        return {
+        out = {
             "history_sum": self._history_sum,
             "history_count": self._history_count,
             "current_sum": self._current_sum,
             "current_count": self._current_count,
             "flags": self._flags,
         }
+        if self._keep is not None:
+            out["keep_weight"] = self._keep
+        return out
 
     def to(self, device: torch.device | str) -> BadPairMiner:
         """Move the state to ``device`` (in place) and return ``self``."""
         device = torch.device(device)
         for name, t in self._per_pair_tensors().items():
-            setattr(self, f"_{name}", t.to(device))
+            attr = "_keep" if name == "keep_weight" else f"_{name}"
+            setattr(self, attr, t.to(device))
         self._nonfinite_pending = self._nonfinite_pending.to(device)
         return self
 
@@ -561,29 +563,25 @@ class BadPairMiner:
         self._nonfinite_pending += (~finite).sum()
 
     def weights(self, index: Tensor, losses: Tensor) -> Tensor:
-        """Detached (B,) weights for the current epoch: 1, or the weighting of flagged pairs.
+        """Detached (B,) weights for the current epoch: 1, or the rule's weight.
 
         Args:
             index: (B,) integer dataset indices.
-            losses: (B,) current per-pair losses (the weighting is evaluated at these values).
+            losses: (B,) current per-pair losses (the threshold rule's weighting is evaluated
+                at these values).
 
         Returns:
             (B,) tensor with ``losses``' dtype and device, without gradient.
         """
         index, losses = self._check_batch(index, losses, "weights")
-        if self.num_noisy + self.num_faulty == 0:
+        if self._keep is None and self.num_noisy + self.num_faulty == 0:
             return torch.ones_like(losses)
         flagged = (self._flags.index_select(0, index) != NOT_FLAGGED).to(losses.device)
-        values = losses.float()
-        if self.weighting == "zero":
-            down = torch.zeros_like(values)
-        else:
-            down = torch.exp(-((values - self.mu) ** 2) / (2.0 * self.sigma**2))
-            if self.weighting == "gaussian_pdf":
-                down = down / (self.sigma * _SQRT_2PI)
-        if self.max_weight is not None:
-            down = down.clamp(max=self.max_weight)
-        return torch.where(flagged, down, torch.ones_like(values)).to(losses.dtype)
+        keep = None
+        if self._keep is not None:
+            keep = (self._keep.index_select(0, index).float() / _KEEP_ONE).to(losses.device)
+        w = self.rule.step_weights(self.fit, losses, flagged, keep)
+        return w.to(losses.dtype)
 
     def _drop_replica(self) -> None:
         """After a sync or a load, ranks other than 0 give their copy of the sums back."""
@@ -622,13 +620,13 @@ class BadPairMiner:
         group: Any = None,
         groups: Mapping[str, Tensor] | None = None,
     ) -> dict[str, float | int]:
-        """Fold the current epoch into the history and compute the flags for the next epoch.
+        """Fold the current epoch into the history, fit the rule and flag for the next epoch.
 
         Args:
             sync: first sum the current-epoch accumulators over the ranks of ``group`` (when
                 ``torch.distributed`` is initialised); must then be called on every rank.
             group: process group for the all-reduce (default: the world).
-            groups: with a ``scope``, the group id of every pair for each scope attribute, as
+            groups: with a scope, the group id of every pair for each scope attribute, as
                 ``{attribute: (num_pairs,) integer tensor}`` (-1 = unknown); the same on every
                 rank. Ignored without a scope.
 
@@ -646,28 +644,23 @@ class BadPairMiner:
         self._replicated = False
         n = self.num_pairs
         num_seen = 0
-        ema = self.statistic == "ema"
-        a = self.ema_decay
-        median = self.location == "median"
-        kept: list[Tensor] = []  # the statistic of pairs with history (median only)
+        keep_values = self.rule.needs_values
+        kept: list[Tensor] = []  # the statistic of pairs with history (rules that need them)
         kept_cells: list[Tensor] = []
-        cell_acc = None if cells is None else _CellMoments(cells[1])
+        moments = cells is not None and self.rule.needs_cell_moments
+        cell_acc = _CellMoments(cells[1]) if moments and cells is not None else None
         # pass 1: fold, and mean / M2 of the statistic (chunk-wise two-pass statistics
         # merged with Chan et al.'s parallel update, in float64)
         count_h, mean_h, m2_h = 0, 0.0, 0.0
+        low, high = math.inf, -math.inf
         for s in range(0, n, _CHUNK):
             e = min(s + _CHUNK, n)
             count = self._current_count[s:e]
             seen = count > 0
             epoch_mean = torch.where(seen, self._current_sum[s:e] / count, 0.0)
-            if ema:
-                hist = self._history_sum[s:e]
-                new = torch.where(
-                    self._history_count[s:e] == 0, epoch_mean, a * epoch_mean + (1.0 - a) * hist
-                )
-                self._history_sum[s:e] = torch.where(seen, new, hist)
-            else:
-                self._history_sum[s:e] += epoch_mean
+            self._history_sum[s:e] = self.statistic.fold(
+                self._history_sum[s:e], self._history_count[s:e], epoch_mean, seen
+            )
             self._history_count[s:e] += seen
             self._current_sum[s:e].zero_()
             count.zero_()
@@ -683,99 +676,85 @@ class BadPairMiner:
                 mean_h += delta * n_c / total
                 m2_h += m2_c + delta * delta * count_h * n_c / total
                 count_h = total
-            if cells is not None:
+                low, high = min(low, float(values.min())), max(high, float(values.max()))
+            if cells is not None and (keep_values or cell_acc is not None):
                 cell = self._cell_chunk(cells, s, e)[has]
-                if median:
-                    kept_cells.append(cell)
-                else:
-                    assert cell_acc is not None
+                if keep_values:
+                    kept_cells.append(cell.cpu())
+                if cell_acc is not None:
                     cell_acc.add(cell, values)
-            if median:
-                kept.append(values)
+            if keep_values:
+                kept.append(values.cpu())
         self._nonfinite_total += int(self._nonfinite_pending)
         self._nonfinite_pending.zero_()
         self.epochs_completed += 1
         self.num_seen_last_epoch = num_seen
         self.num_with_history = count_h
 
-        all_values = torch.cat(kept) if median and kept else None
-        if count_h == 0:
-            self.mu = self.sigma = self.threshold_noisy = self.threshold_faulty = math.nan
-        else:
-            if all_values is not None:
-                self.mu, self.sigma = _median_mad(all_values)
-            else:
-                self.mu = mean_h
-                self.sigma = math.sqrt(max(m2_h, 0.0) / count_h)
-            self.threshold_noisy = self._threshold(-self.beta_noisy)
-            self.threshold_faulty = self._threshold(self.beta_faulty)
-        self._warn_pdf_peak()
-
-        # per-group thresholds (O(groups) numbers)
-        cell_lo = cell_hi = cell_own = None
-        self.group_table = []
-        if cells is not None and count_h > 0:
-            num_cells = cells[1][-1]
-            if median:
-                cell_all = torch.cat(kept_cells)
-                assert all_values is not None
-                stats = []
-                for c in range(num_cells):
-                    v = all_values[cell_all == c]
-                    stats.append(
-                        (v.numel(), *_median_mad(v)) if v.numel() else (0, math.nan, math.nan)
-                    )
-            else:
-                assert cell_acc is not None
-                stats = cell_acc.result()
-            cell_lo = torch.full((num_cells,), self.threshold_noisy, dtype=torch.float64)
-            cell_hi = torch.full((num_cells,), self.threshold_faulty, dtype=torch.float64)
-            cell_own = torch.zeros(num_cells, dtype=torch.bool)
-            for c, (cnt, loc, scale) in enumerate(stats):
-                if cnt == 0:
-                    continue
-                own = cnt >= self.min_group_size
-                lo = _threshold(loc, scale, -self.beta_noisy) if own else self.threshold_noisy
-                hi = _threshold(loc, scale, self.beta_faulty) if own else self.threshold_faulty
-                cell_lo[c], cell_hi[c], cell_own[c] = lo, hi, own
-                self.group_table.append(
-                    {
-                        "group": _cell_values(cells, c),
-                        "count": int(cnt),
-                        "location": float(loc),
-                        "scale": float(scale),
-                        "own_threshold": bool(own),
-                        "threshold_noisy": float(lo),
-                        "threshold_faulty": float(hi),
-                    }
+        stats = CellStatistics(
+            count=count_h,
+            mean=mean_h,
+            m2=m2_h,
+            chunks=self._chunks(cells),
+            minimum=low if count_h else math.nan,
+            maximum=high if count_h else math.nan,
+        )
+        if keep_values:
+            stats.values = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.float64)
+        if cells is not None:
+            stats.num_cells = cells[1][-1]
+            stats.cell_names = _cell_names(cells[1])
+            stats.min_group_size = self.scope.min_group_size
+            if keep_values:
+                stats.value_cells = (
+                    torch.cat(kept_cells) if kept_cells else torch.zeros(0, dtype=torch.long)
                 )
-            cell_lo, cell_hi = cell_lo.to(self.device), cell_hi.to(self.device)
-            cell_own = cell_own.to(self.device)
+            if cell_acc is not None:
+                stats.cell_moments = cell_acc.result()
+        self.fit = self.rule.fit(stats)
+        del stats, kept, kept_cells
+        self._warn_fit()
 
-        # pass 2: flags (a pair without history is never below or above)
+        # pass 2: flags (a pair without history is never flagged)
         self.num_noisy = self.num_faulty = 0
         if not (self.flags_active and count_h > 0):
             self._flags.zero_()
+            if self._keep is not None:
+                self._keep.fill_(_KEEP_ONE)
             return self.summary()
-        lo, hi = self.threshold_noisy, self.threshold_faulty
-        for s in range(0, n, _CHUNK):
-            e = min(s + _CHUNK, n)
-            has = self._history_count[s:e] > 0
-            stat = torch.where(has, self._stat(s, e), math.nan)
-            if cells is not None and cell_lo is not None:
-                assert cell_hi is not None and cell_own is not None
-                cell = self._cell_chunk(cells, s, e)
-                safe = cell.clamp_min(0)
-                judged_in_group = (cell >= 0) & cell_own[safe]
-                stat64 = stat.double()
-                noisy = stat64 < torch.where(judged_in_group, cell_lo[safe], lo)
-                faulty = stat64 > torch.where(judged_in_group, cell_hi[safe], hi)
-            else:
-                noisy, faulty = stat < lo, stat > hi
+        for s, e, stat, cell_ids in self._iter_chunks(cells):
+            has = ~torch.isnan(stat)
+            judged = self.rule.judge(self.fit, stat, cell_ids)
+            noisy, faulty = judged.noisy, judged.faulty
             self._flags[s:e] = noisy.to(torch.int8) + FAULTY * faulty.to(torch.int8)
+            if self._keep is not None:
+                assert judged.keep_weight is not None
+                code = (judged.keep_weight * _KEEP_ONE).round().clamp_(0, _KEEP_ONE)
+                self._keep[s:e] = torch.where(has, code.to(self._keep.device), _KEEP_ONE).to(
+                    torch.uint8
+                )
             self.num_noisy += int(noisy.sum())
             self.num_faulty += int(faulty.sum())
         return self.summary()
+
+    def _iter_chunks(
+        self, cells: tuple[list[Tensor], list[int]] | None
+    ) -> Iterator[tuple[int, int, Tensor, Tensor | None]]:
+        """``(s, e, statistic with NaN without history, cell ids or None)`` per chunk."""
+        for s in range(0, self.num_pairs, _CHUNK):
+            e = min(s + _CHUNK, self.num_pairs)
+            has = self._history_count[s:e] > 0
+            stat = torch.where(has, self._stat(s, e), math.nan)
+            yield s, e, stat, self._cell_chunk(cells, s, e) if cells is not None else None
+
+    def _chunks(
+        self, cells: tuple[list[Tensor], list[int]] | None
+    ) -> Callable[[], Iterator[tuple[Tensor, Tensor | None]]]:
+        def read() -> Iterator[tuple[Tensor, Tensor | None]]:
+            for _, _, stat, cell in self._iter_chunks(cells):
+                yield stat, cell
+
+        return read
 
     # ------------------------------------------------------------------ group cells
     def _check_groups(
@@ -786,15 +765,16 @@ class BadPairMiner:
         The cell of a pair is ``sum_a g_a * stride_a`` (mixed radix over the scope attributes,
         radix = 1 + the largest id); the last stride is the number of cells.
         """
-        if not self.scope:
+        attributes = self.scope.attributes
+        if not attributes:
             return None
         if groups is None or not isinstance(groups, Mapping):
             raise ValueError(
-                f"BadPairMiner.end_epoch: scope={self.scope} needs groups={{attribute: "
+                f"BadPairMiner.end_epoch: scope={attributes} needs groups={{attribute: "
                 f"(num_pairs,) group ids}}, got {type(groups).__name__}"
             )
         tensors, strides = [], [1]
-        for attr in self.scope:
+        for attr in attributes:
             if attr not in groups:
                 raise ValueError(
                     f"BadPairMiner.end_epoch: groups lacks scope attribute {attr!r}; got keys "
@@ -815,42 +795,29 @@ class BadPairMiner:
             strides.append(strides[-1] * (max(hi, 0) + 1))
         if strides[-1] > _MAX_CELLS:
             raise ValueError(
-                f"scope {self.scope} makes {strides[-1]} group cells; at most {_MAX_CELLS}"
+                f"scope {attributes} makes {strides[-1]} group cells; at most {_MAX_CELLS}"
             )
         return tensors, strides
 
     def _cell_chunk(self, cells: tuple[list[Tensor], list[int]], s: int, e: int) -> Tensor:
         tensors, strides = cells
-        cell = torch.zeros(e - s, dtype=torch.long, device=self.device)
+        if len(tensors) == 1:  # one attribute: the cell is the id (-1 = unknown)
+            return tensors[0][s:e].long()
+        cell = torch.zeros(e - s, dtype=torch.int32, device=self.device)
         unknown = torch.zeros(e - s, dtype=torch.bool, device=self.device)
         for g, stride in zip(tensors, strides, strict=False):
-            v = g[s:e].long()
+            v = g[s:e]
             unknown |= v < 0
-            cell += v.clamp_min(0) * stride
-        return torch.where(unknown, -1, cell)
+            cell.add_(v.clamp_min(0), alpha=stride)
+        return cell.masked_fill_(unknown, -1).long()
 
-    def _threshold(self, signed_beta: float) -> float:
-        return _threshold(self.mu, self.sigma, signed_beta)
-
-    def _warn_pdf_peak(self) -> None:
-        if (
-            self.weighting != "gaussian_pdf"
-            or self.max_weight is not None
-            or self._warned_pdf
-            or not self.flags_active
-            or not self.sigma > 0
-        ):
+    def _warn_fit(self) -> None:
+        if self._warned or not self.flags_active:
             return
-        peak = 1.0 / (self.sigma * _SQRT_2PI)
-        if peak > PDF_PEAK_WARNING:
-            self._warned_pdf = True
-            warnings.warn(
-                f"DBPM: sigma = {self.sigma:.3g}, so the 'gaussian_pdf' weight of a flagged pair "
-                f"can reach {peak:.3g} (up-weighting it); set max_weight (e.g. 1.0) or use "
-                "weighting='gaussian'",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        message = self.rule.fit_warning(self.fit)
+        if message is not None:
+            self._warned = True
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def summary(self) -> dict[str, float | int]:
         """Python numbers describing the current flags (what the callback logs).
@@ -858,8 +825,7 @@ class BadPairMiner:
         Keys: ``epochs_completed``, ``mu``, ``sigma``, ``threshold_noisy``,
         ``threshold_faulty``, ``num_noisy``, ``num_faulty``, ``num_with_history``,
         ``num_seen_last_epoch``, ``num_nonfinite``, ``num_own_threshold_groups`` (groups of the
-        scope judged by their own thresholds; the per-group numbers are in
-        :attr:`group_table`).
+        scope judged by their own fit; the per-group numbers are in :attr:`group_table`).
         """
         return {
             "epochs_completed": self.epochs_completed,
@@ -876,36 +842,38 @@ class BadPairMiner:
         }
 
     # ------------------------------------------------------------------ checkpointing
-    _SCALARS: tuple[str, ...] = (
+    _COUNTERS: tuple[str, ...] = (
         "epochs_completed",
-        "mu",
-        "sigma",
-        "threshold_noisy",
-        "threshold_faulty",
         "num_noisy",
         "num_faulty",
         "num_with_history",
         "num_seen_last_epoch",
     )
+    _FIT_SCALARS: tuple[str, ...] = ("mu", "sigma", "threshold_noisy", "threshold_faulty")
 
     def state_dict(self) -> dict[str, Any]:
         """State as CPU tensors and Python numbers (loadable with ``weights_only=True``).
 
+        Holds the per-pair tensors, the counters and the rule's fit (global numbers, the
+        per-cell table and the rule's per-cell parameters as ``rule_param.<name>`` tensors).
         No collective is performed: under ``torch.distributed`` call :meth:`sync` on every rank
         first, or the other ranks' pending current-epoch losses are missing.
         """
+        fit = self.fit
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "num_pairs": self.num_pairs,
             "warmup_epochs": self.warmup_epochs,
-            "beta_noisy": self.beta_noisy,
-            "beta_faulty": self.beta_faulty,
             "nonfinite_total": self._nonfinite_total,
             "nonfinite_pending": int(self._nonfinite_pending),
-            "statistic": STATISTICS.index(self.statistic),
+            "statistic": self.statistic.code,
+            "rule": self.rule.code,
+            **{name: getattr(fit, name) for name in self._FIT_SCALARS},
             **self._group_table_tensors(),
         }
-        for name in self._SCALARS:
+        for name, value in fit.cell_params.items():
+            state[f"rule_param.{name}"] = value.detach().to("cpu", copy=True)
+        for name in self._COUNTERS:
             state[name] = getattr(self, name)
         for name, t in self._per_pair_tensors().items():
             state[name] = t.detach().to("cpu", copy=True)
@@ -913,31 +881,34 @@ class BadPairMiner:
 
     def _group_table_tensors(self) -> dict[str, Tensor]:
         rows = self.group_table
+        columns = self.rule.table_columns
         groups = torch.tensor([list(r["group"]) for r in rows], dtype=torch.long)
-        stats = torch.tensor(
-            [[float(r[k]) for k in _GROUP_TABLE_STATS] for r in rows], dtype=torch.float64
-        )
+        stats = torch.tensor([[float(r[k]) for k in columns] for r in rows], dtype=torch.float64)
         return {
-            "group_table_groups": groups.reshape(len(rows), len(self.scope)),
-            "group_table_stats": stats.reshape(len(rows), len(_GROUP_TABLE_STATS)),
+            "group_table_groups": groups.reshape(len(rows), len(self.scope.attributes)),
+            "group_table_stats": stats.reshape(len(rows), len(columns)),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (history, current-epoch sums, flags, statistics).
+        """Restore a :meth:`state_dict` (history, current-epoch sums, flags, the rule's fit).
 
-        Hyper-parameters (betas, warm-up, weighting) stay those given to the constructor; the
-        restored flags are those computed when the state was saved. Under ``torch.distributed``
-        call it on every rank with the same state: the saved current-epoch sums are already
-        global, so only rank 0 keeps them once recording resumes (as after :meth:`sync`).
+        Hyper-parameters (betas, warm-up, weighting, threshold) stay those given to the
+        constructor; the restored flags and weights are those computed when the state was
+        saved. Under ``torch.distributed`` call it on every rank with the same state: the saved
+        current-epoch sums are already global, so only rank 0 keeps them once recording resumes
+        (as after :meth:`sync`).
 
         Raises:
             TypeError: if ``state`` is not a mapping.
-            ValueError: on a missing key, a different ``num_pairs`` or a tensor of the wrong
-                shape or dtype.
+            ValueError: on a missing key, a different ``num_pairs``, statistic or rule class,
+                or a tensor of the wrong shape or dtype.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping, got {type(state).__name__}")
-        required = ("num_pairs", *self._SCALARS, *_PER_PAIR)
+        per_pair = dict(_PER_PAIR)
+        if self._keep is not None:
+            per_pair["keep_weight"] = torch.uint8
+        required = ("num_pairs", *self._COUNTERS, *self._FIT_SCALARS, *per_pair)
         missing = [k for k in required if k not in state]
         if missing:
             raise ValueError(f"BadPairMiner state is missing keys {missing}")
@@ -946,7 +917,7 @@ class BadPairMiner:
                 f"BadPairMiner state has num_pairs={state['num_pairs']} but this miner has "
                 f"num_pairs={self.num_pairs}; the training set changed size"
             )
-        for name, dtype in _PER_PAIR.items():
+        for name, dtype in per_pair.items():
             t = state[name]
             if not isinstance(t, Tensor) or t.shape != (self.num_pairs,) or t.dtype != dtype:
                 got = (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t).__name__
@@ -954,23 +925,40 @@ class BadPairMiner:
                     f"BadPairMiner state[{name!r}] must be a {dtype} tensor of shape "
                     f"({self.num_pairs},), got {got}"
                 )
-        saved_statistic = STATISTICS[int(state.get("statistic", 0))]
-        if saved_statistic != self.statistic:
+        saved_statistic = statistic_name(state.get("statistic", 0))
+        if saved_statistic != self.statistic.name:
             raise ValueError(
                 f"BadPairMiner state was saved with statistic={saved_statistic!r} but this miner "
-                f"has statistic={self.statistic!r}; the stored history means different things"
+                f"has statistic={self.statistic.name!r}; the stored history means different "
+                "things"
+            )
+        saved_rule = rule_name(state.get("rule", ThresholdRule.code))
+        if saved_rule != type(self.rule).__name__:
+            raise ValueError(
+                f"BadPairMiner state was saved with rule {saved_rule} but this miner has "
+                f"{type(self.rule).__name__}; its flags and fit mean different things"
             )
         for name, target in self._per_pair_tensors().items():
             target.copy_(state[name])
-        self.group_table = _group_table_from_tensors(
-            state.get("group_table_groups"), state.get("group_table_stats")
+        mu, sigma, lo, hi = (float(state[name]) for name in self._FIT_SCALARS)
+        self.fit = RuleFit(
+            mu,
+            sigma,
+            lo,
+            hi,
+            group_table=_group_table_from_tensors(
+                state.get("group_table_groups"),
+                state.get("group_table_stats"),
+                self.rule.table_columns,
+            ),
+            cell_params={
+                k.split(".", 1)[1]: v.clone()
+                for k, v in state.items()
+                if k.startswith("rule_param.") and isinstance(v, Tensor)
+            },
         )
-        for name in self._SCALARS:
-            value = state[name]
-            setattr(self, name, int(value) if name.startswith(("num_", "epochs_")) else value)
-        self.mu, self.sigma = float(self.mu), float(self.sigma)
-        self.threshold_noisy = float(self.threshold_noisy)
-        self.threshold_faulty = float(self.threshold_faulty)
+        for name in self._COUNTERS:
+            setattr(self, name, int(state[name]))
         self._nonfinite_total = int(state.get("nonfinite_total", 0))
         self._nonfinite_pending.fill_(int(state.get("nonfinite_pending", 0)))
         # the saved current-epoch sums are global: every rank holds them, rank 0 keeps them
@@ -980,9 +968,7 @@ class BadPairMiner:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_pairs={self.num_pairs}, warmup_epochs={self.warmup_epochs},"
-            f" beta_noisy={self.beta_noisy}, beta_faulty={self.beta_faulty}, "
-            f"weighting={self.weighting!r}, statistic={self.statistic!r}, "
-            f"location={self.location!r}, scope={self.scope}, "
+            f" statistic={self.statistic!r}, rule={self.rule!r}, scope={self.scope!r}, "
             f"epochs_completed={self.epochs_completed}, "
             f"num_noisy={self.num_noisy}, num_faulty={self.num_faulty})"
         )
