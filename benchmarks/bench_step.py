@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -53,6 +54,7 @@ from transformers import CLIPConfig
 
 from fairvlm_lightning.callbacks import DynamicBadPairMining
 from fairvlm_lightning.losses import pair_losses
+from fairvlm_lightning.mining import EmaLoss, GaussianMixtureRule, MinerSpec, Scope, ThresholdRule
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import ATTRIBUTE_GROUPS
 from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
@@ -62,6 +64,8 @@ ATTRIBUTES = ATTRIBUTE_GROUPS  # FairVLMed coding
 VARIANTS = [
     "clip",
     "dbpm",
+    "dbpm_ema_zero",
+    "dbpm_mixture_race",
     "sinkhorn_geomloss",
     "sinkhorn_exact1d",
     "full_geomloss",
@@ -69,6 +73,17 @@ VARIANTS = [
     "reference_style",
 ]
 FAIRNESS_WEIGHT = 0.1
+#: the issue-18 candidate rules (benchmarks/configs/rf_ema_zero.yaml, rf_gmm_zero_race.yaml)
+DBPM_RULES = {
+    "dbpm_ema_zero": MinerSpec(
+        warmup_epochs=1, statistic=EmaLoss(0.5),
+        rule=ThresholdRule(beta_noisy=math.inf, beta_faulty=1.5, weighting="zero"),
+    ),
+    "dbpm_mixture_race": MinerSpec(
+        warmup_epochs=1, statistic=EmaLoss(0.5), scope=Scope(["race"], min_group_size=50),
+        rule=GaussianMixtureRule(threshold=0.5, weighting="zero"),
+    ),
+}
 REFERENCE_BLUR = 1e-4  # FairCLIP's code: SamplesLoss("sinkhorn", p=2, blur=1e-4)
 
 
@@ -192,7 +207,7 @@ class StepTimer(pl.Callback):
 def build_module(variant: str, config: CLIPConfig, pools=None) -> FairVLMModule:
     if variant == "reference_style":
         return ReferenceStyleModule(config, pools)
-    fair = 0.0 if variant in ("clip", "dbpm") else FAIRNESS_WEIGHT
+    fair = 0.0 if variant == "clip" or variant.startswith("dbpm") else FAIRNESS_WEIGHT
     backend = "exact1d" if variant.endswith("exact1d") else "geomloss"
     return FairVLMModule(config, fairness_weight=fair, sinkhorn_backend=backend)
 
@@ -204,11 +219,12 @@ def run_tiny(
     data = make_batches(steps, batch_size, image=64, tokens=32, vocab=1024, eos=3)
     module = build_module(variant, tiny_clip(), group_pools(data))
     dbpm_cb = None
-    uses_dbpm = variant == "dbpm" or variant.startswith("full")
+    uses_dbpm = variant.startswith("dbpm") or variant.startswith("full")
     timer = StepTimer(epoch=1 if uses_dbpm else 0)
     callbacks: list[pl.Callback] = [timer]
     if uses_dbpm:
-        dbpm_cb = DynamicBadPairMining(num_pairs=steps * batch_size, beta_faulty=1.0)
+        dbpm_cb = DynamicBadPairMining(DBPM_RULES.get(variant), num_pairs=steps * batch_size,
+                                       **({} if variant in DBPM_RULES else {"beta_faulty": 1.0}))
         callbacks.insert(0, dbpm_cb)
     trainer = pl.Trainer(
         max_epochs=2 if uses_dbpm else 1,
@@ -225,7 +241,7 @@ def run_tiny(
 
 def fairness_term(variant: str) -> Callable[[torch.Tensor, dict[str, torch.Tensor]], Any] | None:
     """The fairness term of a method as a function of (B,) statistic and groups, or None."""
-    if variant in ("clip", "dbpm"):
+    if variant == "clip" or variant.startswith("dbpm"):
         return None
     if variant == "reference_style":
         loss = SamplesLoss("sinkhorn", p=2, blur=REFERENCE_BLUR)
