@@ -74,6 +74,7 @@ __all__ = [
     "DEFAULT_CONFIGS",
     "HEADROOM_KEYS",
     "Variant",
+    "config_settings",
     "data_variant_args",
     "detection_scores",
     "headroom",
@@ -999,6 +1000,14 @@ def run_benchmark(
         "data_variant": data_variant,
         "data_settings": DATA_VARIANTS[data_variant],
         "headroom": headroom(summary, oracle_name) if oracle_name else {},
+        "settings": {
+            v.name: {
+                "config": v.config.name,
+                **config_settings(v.config),
+                "overrides": list(v.overrides),
+            }
+            for v in variants
+        },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seeds": seeds,
         "variants": [
@@ -1065,6 +1074,48 @@ def config_value(config: str | os.PathLike[str], parameter: str) -> float | None
         init = _dbpm_rule_args(cfg["trainer"]["callbacks"][index])
         return float(init.get("beta_faulty", PAPER_SETTINGS["beta_faulty"]))
     raise ValueError(f"parameter must be 'lambda' or 'beta', got {parameter!r}")
+
+
+def _describe(node: Any) -> str:
+    """A YAML ``class_path``/``init_args`` tree as ``Class(arg=value, ...)`` (recursively)."""
+    if isinstance(node, Mapping) and "class_path" in node:
+        args = node.get("init_args") or {}
+        inner = ", ".join(f"{k}={_describe(v)}" for k, v in args.items())
+        return f"{str(node['class_path']).rsplit('.', 1)[-1]}({inner})"
+    if isinstance(node, Mapping):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in node.items()) + "}"
+    if isinstance(node, (list, tuple)):
+        return "[" + ", ".join(_describe(v) for v in node) + "]"
+    return f"{node:g}" if isinstance(node, float) else str(node)
+
+
+#: DBPM callback arguments that only log or export (not part of the rule).
+_DBPM_LOGGING = ("group_keys", "truth_key", "export_dir", "prefix", "reset_on_mismatch")
+
+
+def config_settings(config: str | os.PathLike[str]) -> dict[str, str]:
+    """What a config sets for the method: ``{"lambda": ..., "dbpm": ...}`` as display strings.
+
+    ``dbpm`` is the DBPM callback's rule (its ``miner``, or its flat options) as
+    ``Class(arg=value, ...)``, ``"–"`` without a DBPM callback. The benchmark page prints these
+    for every method, so that a test can check the page against the shipped configs.
+
+    Example:
+        >>> config_settings("synthetic_clip")
+        {'lambda': '0', 'dbpm': '–'}
+    """
+    cfg = _read_yaml(Path(resolve_config(os.fspath(config))))
+    lam = float((cfg.get("model") or {}).get("fairness_weight", 0.0) or 0.0)
+    index = _dbpm_callback_index(cfg)
+    dbpm = "–"
+    if index is not None:
+        init = dict(cfg["trainer"]["callbacks"][index].get("init_args") or {})
+        if "miner" in init:
+            dbpm = _describe(init["miner"])
+        else:
+            rule = {k: v for k, v in init.items() if k not in _DBPM_LOGGING}
+            dbpm = "paper rule" + (f" {_describe(rule)}" if rule else "")
+    return {"lambda": f"{lam:g}", "dbpm": dbpm}
 
 
 def _sweep_table(variants: Sequence[Variant], summary: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -1177,6 +1228,21 @@ def render_markdown(report: Mapping[str, Any], images: Mapping[str, str]) -> str
             f"| {name} | {_pm(t['auc'])} | {_pm(t['acc'])} | {_pm(t['mean/es_auc'])} | "
             f"{_pm(t['mean/es_acc'])} | {_pm(t['mean/dpd'])} | {_pm(t['mean/deodds'])} |"
         )
+    settings = report.get("settings") or {}
+    if settings:
+        lines += [
+            "",
+            "## Settings of each method (from its config when this page was generated)",
+            "",
+            "| method | config | λ (fairness_weight) | DBPM rule | extra arguments |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name in main:
+            st = settings.get(name) or {}
+            lines.append(
+                f"| {name} | `{st.get('config', '')}` | {st.get('lambda', '')} | "
+                f"`{st.get('dbpm', '')}` | {' '.join(st.get('overrides', [])) or '–'} |"
+            )
     lines += ["", f"## Paired differences against `{baseline}` (test)", ""]
     lines += [
         "| method | metric | difference | 95% CI | verdict |"

@@ -516,9 +516,9 @@ def test_yaml_snippets_configure_the_callback(
 
 def test_shipped_config_keeps_its_values(tmp_path, monkeypatch, synthetic_root, synthetic_kwargs):
     cb = _cli_callback(tmp_path, monkeypatch, synthetic_root, synthetic_kwargs)
-    # synthetic_dbpm.yaml had warmup_epochs 2, beta 2/2, gaussian_pdf as flat options
+    # synthetic_dbpm.yaml: warmup_epochs 2, beta 3/3, gaussian_pdf (its values as flat options)
     old = MinerSpec.from_options(
-        {"warmup_epochs": 2, "beta_noisy": 2.0, "beta_faulty": 2.0, "weighting": "gaussian_pdf"}
+        {"warmup_epochs": 2, "beta_noisy": 3.0, "beta_faulty": 3.0, "weighting": "gaussian_pdf"}
     )
     assert cb.spec == old
     assert cb.truth_key == "is_bad_pair"
