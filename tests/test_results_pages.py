@@ -81,3 +81,17 @@ def _nan_table() -> dict:
 
     nan = {"mean": float("nan"), "std": float("nan"), "values": []}
     return {k: nan for k in _metric_keys(dict(ATTRIBUTE_GROUPS))}
+
+
+def test_quickstart_and_cli_pages_show_the_same_run() -> None:
+    """The printed table and DBPM line shown in the Quickstart and on the CLI page agree."""
+
+    def shown(page: str) -> list[str]:
+        text = (DOCS / page).read_text(encoding="utf-8")
+        start = text.index("test: AUC")
+        lines = [line.strip() for line in text[start:].splitlines()[:7]]
+        return [line.split("; ...")[0][:120] for line in lines]
+
+    quick, cli = shown("quickstart.md"), shown("cli.md")
+    assert quick[0].startswith("test: AUC") and quick[6].startswith("DBPM:")
+    assert quick == cli
