@@ -246,24 +246,23 @@ def test_ckpt_path_last_resumes_the_latest_earlier_run_or_fails(
 
 # --------------------------------------------------------------------------- 5: SIGKILL mid-epoch
 
-KILLER = '''
+SIGNALLER = '''
 import os
 import signal
 
 from lightning.pytorch import Callback
 
 
-class KillAt(Callback):
-    """SIGKILL this process when the training loop is about to take step ``step``."""
+class SignalAt(Callback):
+    """Send this process ``signal.<name>`` when the training loop is about to take ``step``."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, name: str) -> None:
+        self.step, self.name = step, name
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, self.name))
 '''
-
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -275,7 +274,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     one loss per epoch and the memory equals that of a run that was never interrupted.
     """
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "killer.py").write_text(KILLER)
+    (tmp_path / "signaller.py").write_text(SIGNALLER)
     mid = json.dumps(
         {
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -306,7 +305,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
             "fit",
             *args,
             "--trainer.callbacks+",
-            json.dumps({"class_path": "killer.KillAt", "init_args": {"step": 10}}),
+            json.dumps({"class_path": "signaller.SignalAt",
+                        "init_args": {"step": 10, "name": "SIGKILL"}}),
         ],
         env=env,
         capture_output=True,
@@ -460,31 +460,13 @@ def test_summary_lines_name_the_checkpoints_they_are_computed_from(
     assert "last:" not in out  # an evaluation names the one file it evaluated
 
 
-TERMINATOR = '''
-import os
-import signal
-
-from lightning.pytorch import Callback
-
-
-class TermAt(Callback):
-    """SIGTERM this process when the training loop is about to take step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-'''
-
 
 def test_sigterm_mid_epoch_exits_143_and_keeps_the_last_epoch(
     synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Item 7: Lightning stops on SIGTERM with exit status 0, read as success by schedulers."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "terminator.py").write_text(TERMINATOR)
+    (tmp_path / "signaller.py").write_text(SIGNALLER)
     args = _args(
         "synthetic_clip.yaml",
         synthetic_root,
@@ -496,7 +478,8 @@ def test_sigterm_mid_epoch_exits_143_and_keeps_the_last_epoch(
         "--trainer.limit_val_batches",
         "1",
         "--trainer.callbacks+",
-        json.dumps({"class_path": "terminator.TermAt", "init_args": {"step": 4}}),
+        json.dumps({"class_path": "signaller.SignalAt",
+                    "init_args": {"step": 4, "name": "SIGTERM"}}),
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     proc = subprocess.run(

@@ -516,9 +516,10 @@ def test_yaml_snippets_configure_the_callback(
 
 def test_shipped_config_keeps_its_values(tmp_path, monkeypatch, synthetic_root, synthetic_kwargs):
     cb = _cli_callback(tmp_path, monkeypatch, synthetic_root, synthetic_kwargs)
-    # synthetic_dbpm.yaml: warmup_epochs 2, beta 3/3, gaussian_pdf (its values as flat options)
+    # synthetic_dbpm.yaml: warmup 2, EMA statistic, beta inf/1.5, weighting zero (as flat options)
     old = MinerSpec.from_options(
-        {"warmup_epochs": 2, "beta_noisy": 3.0, "beta_faulty": 3.0, "weighting": "gaussian_pdf"}
+        {"warmup_epochs": 2, "statistic": "ema", "ema_decay": 0.5, "beta_noisy": math.inf,
+         "beta_faulty": 1.5, "weighting": "zero"}
     )
     assert cb.spec == old
     assert cb.truth_key == "is_bad_pair"
