@@ -312,13 +312,7 @@ def summarise(
             table = {}
             rows = [_with_means(runs[s].get(stage, {}), attributes) for s in seeds]
             for key in keys:
-                vals = np.asarray([row.get(key, math.nan) for row in rows], dtype=np.float64)
-                ok = vals[~np.isnan(vals)]
-                table[key] = {
-                    "mean": float(ok.mean()) if ok.size else math.nan,
-                    "std": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
-                    "values": [float(v) for v in vals],
-                }
+                table[key] = _mean_std([row.get(key, math.nan) for row in rows])
             entry[stage] = table
         dbpm: list[Mapping[str, Any]] = [
             runs[s]["dbpm"] for s in seeds if runs[s].get("dbpm")
@@ -326,13 +320,7 @@ def summarise(
         if dbpm:
             agg: dict[str, Any] = {}
             for key in ("precision", "recall", "num_flagged", "num_bad"):
-                vals = np.asarray([d.get(key, math.nan) for d in dbpm], dtype=np.float64)
-                ok = vals[~np.isnan(vals)]
-                agg[key] = {
-                    "mean": float(ok.mean()) if ok.size else math.nan,
-                    "std": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
-                    "values": [float(v) for v in vals],
-                }
+                agg[key] = _mean_std([d.get(key, math.nan) for d in dbpm])
             entry["dbpm"] = agg
         detection = [
             _flat_detection(runs[s]["detection"]) for s in seeds if runs[s].get("detection")
