@@ -30,7 +30,7 @@ import torch
 from lightning.fabric import Fabric
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fairvlm_lightning.cli import format_fairness_table
+from fairvlm_lightning.tables import fairness_table
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.encoders import DualEncoder
 from fairvlm_lightning.losses import pair_losses
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "flagged": miner.flagged_mask.nonzero().flatten().cpu().tolist(),
     }
     if test:
-        fabric.print(format_fairness_table({f"test/{k}": v for k, v in test.items()}, ATTRIBUTES))
+        fabric.print(fairness_table({f"test/{k}": v for k, v in test.items()}, ATTRIBUTES))
     if args.out and fabric.global_rank == 0:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))

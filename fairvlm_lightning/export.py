@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import math
 import os
 import re
 import warnings
@@ -30,75 +29,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fairvlm_lightning.atomic import EXPORT_TAG, atomic_folder, file_identity
 from fairvlm_lightning.checkpoints import load_checkpoint
 from fairvlm_lightning.module import FairVLMModule
-from fairvlm_lightning.schema import GROUP_NAMES
+from fairvlm_lightning.tables import fairness_table, format_value
 
 __all__ = [
     "checkpoint_metrics",
     "evaluate_checkpoint",
     "export_checkpoint",
     "export_module",
-    "fairness_markdown",
     "portable",
 ]
 
 #: Who wrote the folder, recorded in its completion marker.
 WRITER = "fairvlm export"
 _ABSOLUTE = re.compile(r"^(~|/|\\\\|[A-Za-z]:[\\/])")
-
-
-def _num(metrics: Mapping[str, Any], key: str) -> float:
-    value = metrics.get(key, math.nan)
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
-
-
-def fairness_markdown(
-    metrics: Mapping[str, Any], attributes: Mapping[str, int], prefix: str = "test"
-) -> str:
-    """The per-attribute fairness table as Markdown (for a model card).
-
-    Args:
-        metrics: values keyed ``"{prefix}/auc"``, ``"{prefix}/{attr}/es_auc"``, ... (floats or
-            0-d tensors; missing ones show as ``n/a``).
-        attributes: attribute → number of groups.
-        prefix: the key prefix (``"test"``, ``"probe"``, ...).
-
-    Example:
-        >>> print(fairness_markdown({"test/auc": 0.8, "test/gender/es_auc": 0.7,
-        ...     "test/gender/auc_group_0": 0.75, "test/gender/auc_group_1": 0.85},
-        ...     {"gender": 2}))
-        | attribute | AUC | ES-AUC | DPD | DEOdds | group AUCs |
-        |---|---|---|---|---|---|
-        | gender | 0.800 | 0.700 | n/a | n/a | Female 0.750, Male 0.850 |
-    """
-    lines = [
-        "| attribute | AUC | ES-AUC | DPD | DEOdds | group AUCs |",
-        "|---|---|---|---|---|---|",
-    ]
-    auc = _fmt(_num(metrics, f"{prefix}/auc"))
-    for attr, num_groups in attributes.items():
-        names = GROUP_NAMES.get(attr, ())
-        groups = ", ".join(
-            f"{names[g] if g < len(names) else f'group {g}'} "
-            f"{_fmt(_num(metrics, f'{prefix}/{attr}/auc_group_{g}'))}"
-            for g in range(int(num_groups))
-        )
-        cells = [_fmt(_num(metrics, f"{prefix}/{attr}/{k}")) for k in ("es_auc", "dpd", "deodds")]
-        lines.append(f"| {attr} | {auc} | {' | '.join(cells)} | {groups} |")
-    return "\n".join(lines)
 
 
 def portable(value: Any) -> Any:
@@ -174,10 +120,10 @@ def _model_card(
         if results_note:
             lines += [results_note, ""]
         lines += [
-            f"Zero-shot test AUC {_fmt(_num(metrics, 'test/auc'))}, "
-            f"accuracy {_fmt(_num(metrics, 'test/acc'))}.",
+            f"Zero-shot test AUC {format_value(metrics.get('test/auc'))}, "
+            f"accuracy {format_value(metrics.get('test/acc'))}.",
             "",
-            fairness_markdown(metrics, attributes, "test"),
+            fairness_table(metrics, attributes, prefix="test", style="markdown"),
             "",
         ]
     else:
@@ -439,7 +385,7 @@ def evaluate_checkpoint(
         enable_model_summary=False,
     )
     results = trainer.test(module, datamodule=datamodule, verbose=False)
-    return {k: _num(results[0], k) for k in results[0] if k.startswith("test/")} if results else {}
+    return {k: float(v) for k, v in results[0].items() if k.startswith("test/")} if results else {}
 
 
 def export_checkpoint(

@@ -27,7 +27,7 @@ import yaml
 from lightning.pytorch import Trainer
 from synthetic_args import synthetic_overrides
 
-from fairvlm_lightning.cli import FairVLMCLI, claim_version, main
+from fairvlm_lightning.app.cli import FairVLMCLI, claim_version, main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
 SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml"))
@@ -301,7 +301,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
         [
             sys.executable,
             "-m",
-            "fairvlm_lightning.cli",
+            "fairvlm_lightning.app.cli",
             "fit",
             *args,
             "--trainer.callbacks+",
@@ -483,7 +483,7 @@ def test_sigterm_mid_epoch_exits_143_and_keeps_the_last_epoch(
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     proc = subprocess.run(
-        [sys.executable, "-m", "fairvlm_lightning.cli", "fit", *args],
+        [sys.executable, "-m", "fairvlm_lightning.app.cli", "fit", *args],
         env=env,
         capture_output=True,
         text=True,

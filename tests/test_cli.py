@@ -18,8 +18,9 @@ from sklearn.metrics import roc_auc_score
 from synthetic_args import synthetic_overrides
 from transformers import AutoModel, AutoTokenizer
 
+from fairvlm_lightning.app.cli import FairVLMCLI, dbpm_summary, main
+from fairvlm_lightning.tables import fairness_table
 from fairvlm_lightning.callbacks import DynamicBadPairMining
-from fairvlm_lightning.cli import FairVLMCLI, dbpm_summary, format_fairness_table, main
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import CLASS_PROMPTS
@@ -200,13 +201,13 @@ def test_help_and_table_errors(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     assert "fit" in capsys.readouterr().out
-    table = format_fairness_table({"val/auc": torch.tensor(0.5)}, {"race": 3}, prefix="val")
-    assert "val: AUC 0.500 | Acc   nan" in table
-    assert "Asian   nan, Black   nan, White   nan" in table
+    table = fairness_table({"val/auc": torch.tensor(0.5)}, {"race": 3}, prefix="val")
+    assert "val: AUC 0.500 | Acc n/a" in table
+    assert "Asian n/a, Black n/a, White n/a" in table
     assert dbpm_summary({"train/loss": 1.0}) == ""  # no DBPM callback
     assert dbpm_summary({"dbpm/num_faulty": 2, "dbpm/num_noisy": 0}).endswith("pairs flagged")
     with pytest.raises(TypeError, match="attributes must be a dict"):
-        format_fairness_table({}, ["race"])  # type: ignore[arg-type]
+        fairness_table({}, ["race"])  # type: ignore[arg-type]
 
 
 def test_seed_everything_seeds_the_data_unless_data_seed_is_given(

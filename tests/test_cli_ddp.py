@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _fairvlm(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "fairvlm_lightning.cli", *args],
+        [sys.executable, "-m", "fairvlm_lightning.app.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -21,7 +21,7 @@ import pytest
 from lightning.pytorch.callbacks import ModelSummary
 from synthetic_args import synthetic_overrides
 
-from fairvlm_lightning.cli import FairVLMCLI, main
+from fairvlm_lightning.app.cli import FairVLMCLI, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "fairvlm_lightning" / "configs"
@@ -65,7 +65,7 @@ def test_readme_main_command_prints_the_table_and_the_summary_only(tmp_path: Pat
     command = [
         sys.executable,
         "-m",
-        "fairvlm_lightning.cli",
+        "fairvlm_lightning.app.cli",
         "fit",
         "--config",
         "synthetic_robust_fair",

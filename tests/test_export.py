@@ -15,7 +15,7 @@ import torch
 from synthetic_args import synthetic_overrides
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-from fairvlm_lightning.cli import main, resolve_config, shipped_configs
+from fairvlm_lightning.app.cli import main, resolve_config, shipped_configs
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.export import export_checkpoint, export_module
 from fairvlm_lightning.module import FairVLMModule

@@ -16,8 +16,8 @@ from synthetic_args import synthetic_overrides
 from test_callbacks import N, PairData, Regressor, make_trainer
 from torch.utils.data import DataLoader
 
+from fairvlm_lightning.app.cli import main
 from fairvlm_lightning.callbacks import DynamicBadPairMining
-from fairvlm_lightning.cli import main
 from fairvlm_lightning.data import FairVLMedDataModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"

@@ -483,7 +483,7 @@ SNIPPETS = {
 def _cli_callback(tmp_path, monkeypatch, synthetic_root, synthetic_kwargs, extra_yaml=None):
     from synthetic_args import synthetic_overrides
 
-    from fairvlm_lightning.cli import FairVLMCLI
+    from fairvlm_lightning.app.cli import FairVLMCLI
 
     monkeypatch.setattr(sys, "argv", ["fairvlm"])
     args = ["--config", str(CONFIGS / "synthetic_dbpm.yaml")]

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from fairvlm_lightning import plots  # noqa: E402
+from fairvlm_lightning.app import plots  # noqa: E402
 from fairvlm_lightning.schema import ATTRIBUTE_GROUPS  # noqa: E402
 
 MAX_WIDTH_PX = 1000  # a docs page column shows a figure this wide without shrinking it
@@ -240,8 +240,8 @@ def test_dbpm_histogram_has_count_label_group_names_and_true_counts() -> None:
 # benchmark tables
 # ------------------------------------------------------------------------------------------------
 def test_benchmark_tables_name_the_groups_as_the_cli_prints_them() -> None:
-    from fairvlm_lightning.benchmark import render_markdown, summarise
-    from fairvlm_lightning.cli import format_fairness_table
+    from fairvlm_lightning.app.benchmark import render_markdown, summarise
+    from fairvlm_lightning.tables import fairness_table
 
     metrics = ("es_auc", "es_acc", "dpd", "deodds")
     test = {"auc": 0.8, "acc": 0.7}
@@ -255,7 +255,7 @@ def test_benchmark_tables_name_the_groups_as_the_cli_prints_them() -> None:
                           "variants": [{"name": v, "sweep": {}} for v in
                                        ("synthetic_clip", "synthetic_dbpm")],
                           "runs": runs, "total_run_seconds": 0.0}, {})
-    cli = format_fairness_table({f"test/{k}": v for k, v in test.items()}, ATTRIBUTE_GROUPS)
+    cli = fairness_table({f"test/{k}": v for k, v in test.items()}, ATTRIBUTE_GROUPS)
     for attr, groups in ATTRIBUTE_GROUPS.items():
         row = next(line for line in cli.splitlines() if line.startswith(attr + " "))
         cli_names = [c.rsplit(" ", 1)[0] for c in row.split("  ")[-1].strip().split(", ")]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModel, CLIPConfig
 
-from fairvlm_lightning.cli import main
+from fairvlm_lightning.app.cli import main
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.data.tiny_model import MODEL_PRESETS
 from fairvlm_lightning.module import FairVLMModule

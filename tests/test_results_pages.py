@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fairvlm_lightning.benchmark import config_settings, config_value, render_markdown
+from fairvlm_lightning.app.benchmark import config_settings, config_value, render_markdown
 from fairvlm_lightning.configs import shipped_configs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -76,11 +76,11 @@ def test_the_check_fails_on_a_page_of_other_settings() -> None:
 
 
 def _nan_table() -> dict:
-    from fairvlm_lightning.benchmark import _metric_keys
+    from fairvlm_lightning.app.benchmark.stats import metric_keys
     from fairvlm_lightning.schema import ATTRIBUTE_GROUPS
 
     nan = {"mean": float("nan"), "std": float("nan"), "values": []}
-    return {k: nan for k in _metric_keys(dict(ATTRIBUTE_GROUPS))}
+    return {k: nan for k in metric_keys(dict(ATTRIBUTE_GROUPS))}
 
 
 def test_quickstart_and_cli_pages_show_the_same_run() -> None:

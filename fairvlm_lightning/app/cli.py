@@ -72,6 +72,7 @@ from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.data.synthetic import expand_cache_path
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import GROUP_NAMES
+from fairvlm_lightning.tables import fairness_table, format_value
 
 __all__ = [
     "EXIT_SIGTERM",
@@ -81,7 +82,6 @@ __all__ = [
     "claim_version",
     "dbpm_summary",
     "find_last_checkpoint",
-    "format_fairness_table",
     "main",
     "parameter_summary",
     "quiet_terminal",
@@ -94,104 +94,6 @@ def _value(metrics: Mapping[str, Any], key: str) -> float:
     if isinstance(value, torch.Tensor):
         value = value.item()
     return float(value)
-
-
-def _fmt(value: float) -> str:
-    return "  nan" if math.isnan(value) else f"{value:.3f}"
-
-
-def format_fairness_table(
-    metrics: Mapping[str, Any], attributes: Mapping[str, int], prefix: str = "test"
-) -> str:
-    """Render logged fairness metrics as a per-attribute text table.
-
-    Args:
-        metrics: logged values keyed ``"{prefix}/auc"``, ``"{prefix}/{attr}/es_auc"``,
-            ``"{prefix}/{attr}/auc_group_{g}"``, ``"{prefix}/{attr}/dpd"``,
-            ``"{prefix}/{attr}/deodds"`` (floats or 0-d tensors); missing ones show as nan.
-        attributes: attribute → number of groups.
-        prefix: the stage prefix of the keys (``"val"`` or ``"test"``).
-
-    Returns:
-        The table as a string (no trailing newline).
-
-    Example:
-        >>> m = {"test/auc": 0.8, "test/acc": 0.75, "test/gender/es_auc": 0.7,
-        ...      "test/gender/auc_group_0": 0.75, "test/gender/auc_group_1": 0.85,
-        ...      "test/gender/dpd": 0.1, "test/gender/deodds": 0.2}
-        >>> print(format_fairness_table(m, {"gender": 2}))
-        test: AUC 0.800 | Acc 0.750
-        attribute  AUC    ES-AUC  DPD    DEOdds  group AUCs
-        gender     0.800  0.700   0.100  0.200   Female 0.750, Male 0.850
-
-        With bootstrap intervals (``FairnessMetrics(..., bootstrap=N)``, e.g.
-        ``--model.metric_kwargs '{bootstrap: 1000}'``) each value is followed by ``[low, high]``:
-
-        >>> m.update({"test/auc_ci_low": 0.7, "test/auc_ci_high": 0.9,
-        ...           "test/gender/es_auc_ci_low": 0.6, "test/gender/es_auc_ci_high": 0.8})
-        >>> print(format_fairness_table(m, {"gender": 2}).splitlines()[0])
-        test: AUC 0.800 [0.700, 0.900] | Acc 0.750  (bootstrap intervals in brackets)
-    """
-    if not isinstance(attributes, Mapping):
-        raise TypeError(f"attributes must be a dict, got {type(attributes).__name__}")
-    if any(k.startswith(f"{prefix}/") and k.endswith("_ci_low") for k in metrics):
-        return _format_fairness_table_ci(metrics, attributes, prefix)
-    auc = _value(metrics, f"{prefix}/auc")
-    acc = _value(metrics, f"{prefix}/acc")
-    width = max([len("attribute"), *(len(a) for a in attributes)])
-    lines = [
-        f"{prefix}: AUC {_fmt(auc)} | Acc {_fmt(acc)}",
-        f"{'attribute':<{width}}  AUC    ES-AUC  DPD    DEOdds  group AUCs",
-    ]
-    for attr, num_groups in attributes.items():
-        names = GROUP_NAMES.get(attr, ())
-        groups = ", ".join(
-            f"{names[g] if g < len(names) else f'group {g}'} "
-            f"{_fmt(_value(metrics, f'{prefix}/{attr}/auc_group_{g}'))}"
-            for g in range(int(num_groups))
-        )
-        lines.append(
-            f"{attr:<{width}}  {_fmt(auc)}  {_fmt(_value(metrics, f'{prefix}/{attr}/es_auc'))}   "
-            f"{_fmt(_value(metrics, f'{prefix}/{attr}/dpd'))}  "
-            f"{_fmt(_value(metrics, f'{prefix}/{attr}/deodds'))}   {groups}"
-        )
-    return "\n".join(lines)
-
-
-def _ci_cell(metrics: Mapping[str, Any], key: str) -> str:
-    value = _fmt(_value(metrics, key))
-    low, high = _value(metrics, f"{key}_ci_low"), _value(metrics, f"{key}_ci_high")
-    if math.isnan(low) and math.isnan(high):
-        return value
-    return f"{value} [{_fmt(low)}, {_fmt(high)}]"
-
-
-def _format_fairness_table_ci(
-    metrics: Mapping[str, Any], attributes: Mapping[str, int], prefix: str
-) -> str:
-    """The fairness table with the bootstrap intervals ``[low, high]`` next to each value."""
-    width = max([len("attribute"), *(len(a) for a in attributes)])
-    col = 21
-    lines = [
-        f"{prefix}: AUC {_ci_cell(metrics, f'{prefix}/auc')} | "
-        f"Acc {_ci_cell(metrics, f'{prefix}/acc')}  (bootstrap intervals in brackets)",
-        f"{'attribute':<{width}}  {'ES-AUC':<{col}}  {'DPD':<{col}}  {'DEOdds':<{col}}  "
-        "group AUCs",
-    ]
-    for attr, num_groups in attributes.items():
-        names = GROUP_NAMES.get(attr, ())
-        groups = ", ".join(
-            f"{names[g] if g < len(names) else f'group {g}'} "
-            f"{_ci_cell(metrics, f'{prefix}/{attr}/auc_group_{g}')}"
-            for g in range(int(num_groups))
-        )
-        cells = [
-            _ci_cell(metrics, f"{prefix}/{attr}/{m}") for m in ("es_auc", "dpd", "deodds")
-        ]
-        lines.append(
-            f"{attr:<{width}}  " + "  ".join(f"{c:<{col}}" for c in cells) + f"  {groups}"
-        )
-    return "\n".join(lines)
 
 
 def dbpm_summary(metrics: Mapping[str, Any]) -> str:
@@ -221,8 +123,8 @@ def dbpm_summary(metrics: Mapping[str, Any]) -> str:
         return line
     line += (
         f"; {hits:.0f} of the {faulty:.0f} pairs flagged faulty are true bad pairs (precision "
-        f"{_fmt(_value(metrics, 'dbpm/precision'))}, recall "
-        f"{_fmt(_value(metrics, 'dbpm/recall'))} of {bad:.0f})"
+        f"{format_value(metrics.get('dbpm/precision'))}, recall "
+        f"{format_value(metrics.get('dbpm/recall'))} of {bad:.0f})"
     )
     for attr, names in GROUP_NAMES.items():
         parts = []
@@ -230,7 +132,7 @@ def dbpm_summary(metrics: Mapping[str, Any]) -> str:
             recall = _value(metrics, f"dbpm/{attr}/recall_group_{g}")
             precision = _value(metrics, f"dbpm/{attr}/precision_group_{g}")
             if f"dbpm/{attr}/recall_group_{g}" in metrics:
-                parts.append(f"{name} {_fmt(recall).strip()}/{_fmt(precision).strip()}")
+                parts.append(f"{name} {format_value(recall)}/{format_value(precision)}")
         if parts:
             line += f"; {attr} recall/precision: " + ", ".join(parts)
     return line
@@ -412,10 +314,10 @@ def _probe_command(args: list[str]) -> dict[str, float]:
     )
     out = {f"probe/{k}": float(v) for k, v in values.items()}
     print()
-    print(format_fairness_table(out, attributes, prefix="probe"))
+    print(fairness_table(out, attributes, prefix="probe"))
     print(
         f"probe: {own.features} features, weight decay {out['probe/weight_decay']:g} chosen on "
-        f"validation (val AUC {_fmt(out['probe/val_auc'])}), checkpoint {ckpt}"
+        f"validation (val AUC {format_value(out['probe/val_auc'])}), checkpoint {ckpt}"
     )
     if own.json:
         Path(own.json).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
@@ -834,7 +736,7 @@ class FairVLMCLI(LightningCLI):
     ) -> None:
         trainer = self.trainer
         print()
-        print(format_fairness_table(values, attributes, prefix=stage))
+        print(fairness_table(values, attributes, prefix=stage))
         dbpm = dbpm_summary(train)
         if dbpm:
             print(dbpm)
@@ -900,26 +802,26 @@ def _is_remote_or_registry(path: Any) -> bool:
 
 
 def benchmark(**kwargs: Any) -> dict[str, Any]:
-    """Run the benchmark of :mod:`fairvlm_lightning.benchmark` with the ``fairvlm`` CLI.
+    """Run the benchmark of :mod:`fairvlm_lightning.app.benchmark` with the ``fairvlm`` CLI.
 
     The function behind ``fairvlm benchmark``: every run is ``fairvlm fit`` of a config with
     ``--seed_everything <seed>``, through :class:`FairVLMCLI`.
 
     Args:
-        kwargs: keyword arguments of :func:`fairvlm_lightning.benchmark.run_benchmark`
+        kwargs: keyword arguments of :func:`fairvlm_lightning.app.benchmark.run_benchmark`
             (``configs``, ``seeds``, ``out_dir``, ``max_epochs``, ``fairness_weights``,
             ``betas``, ...).
 
     Returns:
         The report written to ``<out_dir>/benchmark.json``.
     """
-    from fairvlm_lightning.benchmark import run_benchmark
+    from fairvlm_lightning.app.benchmark import run_benchmark
 
     return run_benchmark(FairVLMCLI, **kwargs)
 
 
 def _benchmark_command(argv: list[str]) -> None:
-    from fairvlm_lightning.benchmark import benchmark_main
+    from fairvlm_lightning.app.benchmark import benchmark_main
 
     benchmark_main(FairVLMCLI, argv)
 
