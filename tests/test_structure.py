@@ -184,3 +184,41 @@ def test_no_private_name_imported_across_units() -> None:
     _, private = import_graph()
     crossing = [(m, s, n) for m, s, n in private if _unit(m) != _unit(s)]
     assert crossing == []
+
+
+def _public_names(tree: ast.Module) -> set[str] | None:
+    """The module's ``__all__`` (a literal list or tuple of strings), or ``None`` without one."""
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            value = node.value
+            if isinstance(value, (ast.List, ast.Tuple)):
+                return {e.value for e in value.elts if isinstance(e, ast.Constant)}
+    return None
+
+
+def test_names_imported_across_modules_are_declared_public() -> None:
+    """``from M import name`` between two modules of the package: ``name`` is in ``M.__all__``.
+
+    A module's public surface is its ``__all__``; anything else it defines stays inside it.
+    Underscore names shared inside one subpackage (torchmetrics' ``_x_update``/``_x_compute``
+    convention) are checked by :func:`test_no_private_name_imported_across_units`.
+    """
+    sources = _sources(ROOT)
+    undeclared = []
+    for module, (path, tree) in sources.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            source = _resolve_from(module, is_package, node)
+            if source not in sources or source == module:
+                continue
+            public = _public_names(sources[source][1])
+            for alias in node.names:
+                if f"{source}.{alias.name}" in sources or alias.name.startswith("_"):
+                    continue  # a submodule, or a private helper of the unit
+                if public is None or alias.name not in public:
+                    undeclared.append(f"{module}: {source}.{alias.name}")
+    assert undeclared == []

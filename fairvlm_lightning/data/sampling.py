@@ -17,6 +17,13 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+__all__ = [
+    "EpochShuffleSampler",
+    "GroupBalancedSampler",
+    "ResumableDataLoader",
+    "UnpaddedDistributedSampler",
+]
+
 
 class EpochShuffleSampler(Sampler[int]):
     """Random permutation of ``range(len(data_source))`` seeded by ``seed + epoch``.
