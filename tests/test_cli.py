@@ -19,11 +19,11 @@ from synthetic_args import synthetic_overrides
 from transformers import AutoModel, AutoTokenizer
 
 from fairvlm_lightning.app.cli import FairVLMCLI, dbpm_summary, main
-from fairvlm_lightning.tables import fairness_table
 from fairvlm_lightning.callbacks import DynamicBadPairMining
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import CLASS_PROMPTS
+from fairvlm_lightning.tables import fairness_table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
 SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml"))
