@@ -115,6 +115,37 @@ def _fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _load_cached(path: Path, key: str) -> ProbeFeatures | None:
+    """The features stored at ``path`` when they were written under ``key``, else ``None``."""
+    if not path.is_file():
+        return None
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    if stored.get("key") != key:
+        return None
+    groups = dict(stored["groups"])
+    return ProbeFeatures(stored["features"], stored["labels"], groups, stored["index"])
+
+
+def _device(encoder: Any) -> torch.device:
+    """The device of the encoder's first parameter (CPU when it has none)."""
+    try:
+        return next(encoder.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _embed(encoder: Any, batch: Mapping[str, Any], features: str, device: torch.device) -> Tensor:
+    """One batch's image embedding, with its text embedding appended for ``"image_text"``."""
+    emb = encoder.encode_image(batch["pixel_values"].to(device)).float()
+    if features == "image_text":
+        mask = batch.get("attention_mask")
+        txt = encoder.encode_text(
+            batch["input_ids"].to(device), None if mask is None else mask.to(device)
+        ).float()
+        emb = torch.cat([emb, txt], dim=-1)
+    return emb
+
+
 @torch.no_grad()
 def extract_features(
     model: Any,
@@ -155,17 +186,10 @@ def extract_features(
     key = None
     if cache_path is not None:
         key = f"{_fingerprint(encoder)}|{features}|{','.join(attributes)}"
-        path = Path(cache_path)
-        if path.is_file():
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored.get("key") == key:
-                return ProbeFeatures(
-                    stored["features"], stored["labels"], dict(stored["groups"]), stored["index"]
-                )
-    try:
-        device = next(encoder.parameters()).device
-    except (AttributeError, StopIteration):
-        device = torch.device("cpu")
+        cached = _load_cached(Path(cache_path), key)
+        if cached is not None:
+            return cached
+    device = _device(encoder)
     was_training = bool(getattr(encoder, "training", False))
     if hasattr(encoder, "eval"):
         encoder.eval()
@@ -182,13 +206,7 @@ def extract_features(
             missing = [k for k in needed if k not in batch]
             if missing:
                 raise ValueError(f"probe batch lacks key(s) {missing}; it has {sorted(batch)}")
-            emb = encoder.encode_image(batch["pixel_values"].to(device)).float()
-            if features == "image_text":
-                mask = batch.get("attention_mask")
-                txt = encoder.encode_text(
-                    batch["input_ids"].to(device), None if mask is None else mask.to(device)
-                ).float()
-                emb = torch.cat([emb, txt], dim=-1)
+            emb = _embed(encoder, batch, features, device)
             n = emb.shape[0]
             feats.append(emb.cpu())
             labels.append(torch.as_tensor(batch["label"]).long().cpu())

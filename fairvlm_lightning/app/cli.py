@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import DefaultHelpFormatter, Namespace
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
@@ -238,6 +238,19 @@ def _resolve_config_args(args: list[str]) -> list[str]:
     return out
 
 
+def _split_own_args(args: list[str], parser: ArgumentParser) -> tuple[list[str], list[str]]:
+    """Split ``args`` into the options ``parser`` defines (with their values) and the rest."""
+    own_options = {o for action in parser._actions for o in action.option_strings}
+    own: list[str] = []
+    rest: list[str] = []
+    target = rest
+    for arg in args:
+        if arg.startswith("-"):
+            target = own if arg.split("=", 1)[0] in own_options else rest
+        target.append(arg)
+    return own, rest
+
+
 def _description(path: Path) -> str:
     """A config's description: its header comment up to the example command, joined."""
     words: list[str] = []
@@ -253,7 +266,7 @@ def _description(path: Path) -> str:
 
 def _configs_command(args: list[str]) -> None:
     """``fairvlm configs``: list the shipped configs."""
-    parser = argparse.ArgumentParser(prog="fairvlm configs", description=_configs_command.__doc__)
+    parser = ArgumentParser(prog="fairvlm configs", description=_configs_command.__doc__)
     parser.parse_args(args)
     shipped = shipped_configs()
     width = max(len(n) for n in shipped)
@@ -275,7 +288,7 @@ def _probe_command(args: list[str]) -> dict[str, float]:
     """``fairvlm probe --config X --ckpt_path Y``: linear probe of a checkpoint's features."""
     from fairvlm_lightning.probe import DEFAULT_WEIGHT_DECAYS, probe_datamodule
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="fairvlm probe",
         description="Linear probe (logistic regression on frozen features, weight decay chosen "
         "on validation) of a checkpoint; prints the test fairness table. Other arguments "
@@ -290,7 +303,8 @@ def _probe_command(args: list[str]) -> dict[str, float]:
     )
     parser.add_argument("--cache_dir", default=None, help="optional feature cache folder")
     parser.add_argument("--json", default=None, help="also write the values to this JSON file")
-    own, rest = parser.parse_known_args(args)
+    own_args, rest = _split_own_args(args, parser)
+    own = parser.parse_args(own_args)
     ckpt = Path(own.ckpt_path)
     try:
         check_checkpoint(ckpt)
@@ -329,7 +343,7 @@ def _export_command(args: list[str]) -> Path:
     """``fairvlm export --ckpt_path Y --out DIR``: a Hugging Face folder from a checkpoint."""
     from fairvlm_lightning.export import export_checkpoint
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="fairvlm export",
         description="Write a checkpoint as a Hugging Face folder (LoRA merged, tokenizer, image "
         "processor, model card with the training config and the test fairness table).",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from jsonargparse import ArgumentParser
 
 from fairvlm_lightning.app.benchmark.report import format_summary
 from fairvlm_lightning.app.benchmark.runner import run_benchmark
@@ -20,9 +21,9 @@ __all__ = [
 
 # command line
 # ------------------------------------------------------------------------------------------------
-def benchmark_parser() -> argparse.ArgumentParser:
+def benchmark_parser() -> ArgumentParser:
     """The ``fairvlm benchmark`` argument parser."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="fairvlm benchmark",
         description="Run configs x seeds as `fairvlm fit` would (select on validation, report "
         "test) and write benchmark.json, benchmark.md and plots into one folder. Finished runs "
