@@ -81,6 +81,7 @@ __all__ = [
     "PREVALENCE",
     "SPLITS",
     "ensure_synthetic_cxr",
+    "latent_thresholds",
     "synthetic_cxr_settings",
     "write_synthetic_cxr",
 ]
@@ -143,6 +144,17 @@ APPEARANCE: dict[int, tuple[float, float, float]] = {
     2: (0.00, 1.00, 0.025),
     3: (-0.04, 0.75, 0.05),
 }
+#: Peak added brightness of each finding's opacity at full severity (severity is uniform in
+#: [0.35, 1]); cardiomegaly is a wider heart instead: half-width (mean, std) without / with it.
+SIGNAL: dict[str, float] = {
+    "edema": 0.035,
+    "consolidation": 0.22,
+    "atelectasis": 0.10,
+    "pleural_effusion": 0.06,
+}
+HEART_WIDTH: tuple[tuple[float, float], tuple[float, float]] = ((0.32, 0.035), (0.37, 0.04))
+#: Standard deviation of each image's overall brightness (exposure) around its group's offset.
+EXPOSURE_STD = 0.05
 #: Brightness of the soft-tissue shadow over the lower lateral lung zones of female patients.
 BREAST_SHADOW = 0.16
 
@@ -230,8 +242,19 @@ def _normal_cdf(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
-def _thresholds() -> np.ndarray:
-    """Latent thresholds that give :data:`PREVALENCE` over the age mixture (bisection)."""
+def latent_thresholds() -> np.ndarray:
+    """Thresholds ``t`` of the latent Gaussians, one per finding (:data:`FINDINGS` order).
+
+    A patient of age group ``a`` has finding ``k`` when ``z_k + AGE_SHIFT[a] > t_k`` with
+    ``z ~ N(0, LATENT_CORRELATION)``; ``t_k`` solves
+    ``sum_a AGE_P[a] * (1 - Phi(t_k - AGE_SHIFT[a])) = PREVALENCE[k]`` (by bisection), so the
+    population prevalence is :data:`PREVALENCE` whatever the age effects.
+
+    Example:
+        >>> t = latent_thresholds()
+        >>> t.shape, bool(t[FINDINGS.index("consolidation")] > t[FINDINGS.index("edema")])
+        ((5,), True)
+    """
     out = []
     for name in FINDINGS:
         target = PREVALENCE[name]
@@ -301,21 +324,22 @@ def _render(p: Mapping[str, np.ndarray], side: int, rng: np.random.Generator) ->
     edema = col("edema")
     for sgn in (-1.0, 1.0):
         haze = np.exp(-((xs - sgn * 0.22) ** 2) / (2 * 0.16**2) - (ys - 0.05) ** 2 / (2 * 0.3**2))
-        img = img + 0.25 * edema * haze * lung_free * (1 + 0.3 * tex)
+        img = img + SIGNAL["edema"] * edema * haze * lung_free * (1 + 0.3 * tex)
     for k, sgn in ((0, -1.0), (1, 1.0)):  # image left = patient right
         level = col(f"effusion_{k}")
         lateral = np.clip((sgn * xs - col("lung_x") + col("lung_w")) / (2 * col("lung_w")), 0, 1)
         top = 0.58 - 0.40 * level - 0.30 * level * lateral**2  # meniscus: higher laterally
         fluid = _sigmoid((ys - top) / 0.03) * (level > 0) * (np.sign(xs) == sgn)
-        img = img + 0.35 * fluid * lung
+        img = img + SIGNAL["pleural_effusion"] * fluid * lung
         atel = col(f"atelectasis_{k}")
         d = (ys - 0.35 - 0.25 * (xs - sgn * col("lung_x")) * sgn) / 0.045
-        img = img + 0.28 * atel * np.exp(-(d**2)) * lung_free * (np.sign(xs) == sgn)
+        band = np.exp(-(d**2)) * lung_free * (np.sign(xs) == sgn)
+        img = img + SIGNAL["atelectasis"] * atel * band
     cons = col("consolidation")
     blob = np.exp(
         -((xs - col("cons_x")) ** 2 + (ys - col("cons_y")) ** 2) / (2 * col("cons_r") ** 2)
     )
-    img = img + 0.40 * cons * blob * lung_free * (1 + 0.5 * tex)
+    img = img + SIGNAL["consolidation"] * cons * blob * lung_free * (1 + 0.5 * tex)
     # Soft-tissue (breast) shadow over the lower lateral lung zones.
     for sgn in (-1.0, 1.0):
         shadow = np.exp(-((xs - sgn * 0.5) ** 2) / (2 * 0.22**2) - (ys - 0.45) ** 2 / (2 * 0.2**2))
@@ -376,7 +400,7 @@ def _sample(rng: np.random.Generator, n: int, side: int) -> dict[str, Any]:
     chol = np.linalg.cholesky(np.asarray(LATENT_CORRELATION))
     latent = rng.standard_normal((n, len(FINDINGS))) @ chol.T
     latent = latent + np.asarray(AGE_SHIFT)[age][:, None]
-    labels = (latent > _thresholds()[None, :]).astype(np.int64)
+    labels = (latent > latent_thresholds()[None, :]).astype(np.int64)
     severity = np.where(labels == 1, rng.uniform(0.35, 1.0, labels.shape), 0.0)
     sides = rng.choice(3, size=labels.shape, p=[0.4, 0.3, 0.3])
     k_eff, k_atel = FINDINGS.index("pleural_effusion"), FINDINGS.index("atelectasis")
@@ -399,8 +423,8 @@ def _sample(rng: np.random.Generator, n: int, side: int) -> dict[str, Any]:
         "rib_phase": rng.uniform(0, 2 * np.pi, n),
         "heart_w": np.where(
             labels[:, FINDINGS.index("cardiomegaly")] == 1,
-            rng.normal(0.44, 0.04, n),
-            rng.normal(0.31, 0.03, n),
+            rng.normal(*HEART_WIDTH[1], n),
+            rng.normal(*HEART_WIDTH[0], n),
         ),
         "edema": severity[:, FINDINGS.index("edema")],
         "effusion_0": per_side(k_eff, 0),
@@ -412,7 +436,7 @@ def _sample(rng: np.random.Generator, n: int, side: int) -> dict[str, Any]:
         "cons_y": np.where(lower, rng.uniform(0.15, 0.35, n), rng.uniform(-0.45, -0.2, n)),
         "cons_r": rng.uniform(0.09, 0.15, n),
         "breast": np.where(sex == 0, BREAST_SHADOW * rng.uniform(0.7, 1.3, n), 0.0),
-        "brightness": appearance[:, 0] + rng.normal(0, 0.02, n),
+        "brightness": appearance[:, 0] + rng.normal(0, EXPOSURE_STD, n),
         "contrast": appearance[:, 1] * rng.uniform(0.9, 1.1, n),
         "noise": appearance[:, 2],
     }
@@ -587,6 +611,9 @@ def synthetic_cxr_settings(
             "age_shift": list(AGE_SHIFT),
             "composition": {"sex": SEX_P, "age_group": AGE_P, "race": RACE_P},
             "appearance": {str(k): list(v) for k, v in APPEARANCE.items()},
+            "signal": SIGNAL,
+            "heart_width": [list(w) for w in HEART_WIDTH],
+            "exposure_std": EXPOSURE_STD,
             "breast_shadow": BREAST_SHADOW,
             "mention_p": {str(k): v for k, v in MENTION_P.items()},
             "mention_age": list(MENTION_AGE),
