@@ -16,7 +16,10 @@ What it models (``docs/howto/multilabel.md`` has the full table):
   2: 60-79, 3: 80+) and ``race`` (0 Asian, 1 Black, 2 White, 3 Hispanic, the FairVLMed order
   with Hispanic added), with roughly MIMIC-CXR's composition (about 48 % female, mostly
   White; Seyyed-Kalantari et al., Nat. Med. 2021) and the smaller race groups enlarged so that
-  a 1,000-image test split has positives of every finding in every race group;
+  the test split has positives of every finding in every race group;
+- 64 x 64 greyscale frontal-view sketches (body, lungs, diaphragm, ribs, spine, heart) in which
+  each finding is drawn where it appears on a radiograph, at the strengths of :data:`SIGNAL` and
+  :data:`HEART_WIDTH`;
 - group-dependent appearance: acquisition quality by race (:data:`APPEARANCE`: brightness,
   contrast, noise; a stand-in for more portable AP studies) and a soft-tissue (breast) shadow
   over the lower lateral lung zones of female patients, which hides effusion and atelectasis;
@@ -93,7 +96,7 @@ DEFAULT_SEED = 0
 #: Split folders, in the order they are drawn from the generator.
 SPLITS: tuple[str, str, str] = ("train", "validation", "test")
 #: Images per split of the shipped twin.
-DEFAULT_SIZES: dict[str, int] = {"train": 2500, "validation": 500, "test": 1000}
+DEFAULT_SIZES: dict[str, int] = {"train": 2500, "validation": 500, "test": 1500}
 #: Side of the square greyscale images (the tiny model's input side, so no resizing).
 IMAGE_SIZE = 64
 
