@@ -286,6 +286,40 @@ def test_ensure_reuses_replaces_and_refuses(assets: Path, tmp_path: Path) -> Non
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
+def test_concurrent_callers_write_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    root = tmp_path / "shared"
+    results: list[Any] = []
+    writes: list[Path] = []
+    write = cxr.write_synthetic_cxr
+
+    def counted(out: Path, **kwargs: Any) -> Path:
+        writes.append(out)
+        return write(out, **kwargs)
+
+    monkeypatch.setattr(cxr, "write_synthetic_cxr", counted)
+
+    def call() -> None:
+        try:
+            results.append(cxr.ensure_synthetic_cxr(root, sizes=SMALL_SIZES, model=False))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            results.append(err)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [root] * 3
+    assert len(writes) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["shared"]
+    fresh = write(tmp_path / "ref", sizes=SMALL_SIZES)
+    assert {k: v for k, v in tree_digest(root).items() if not k.startswith(".")} == tree_digest(
+        fresh
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
