@@ -464,11 +464,15 @@ def _geomloss_divergences(
         backend=_samples_backend(z.device),
     )
     per_call = max(1, _MAX_BATCHED_ELEMENTS // (4 * b * b))
+    grad = torch.is_grad_enabled()
     out: list[Tensor] = []
     for start in range(0, weights.shape[0], per_call):
         a = weights[start : start + per_call]
         x = z.view(1, b, 1).expand(a.shape[0], b, 1)
-        out.append(loss(a, x, torch.full_like(a, 1.0 / b), x))
+        # GeomLoss's loop ends with set_grad_enabled(True): restore the caller's mode.
+        with torch.set_grad_enabled(grad):
+            term = loss(a, x, torch.full_like(a, 1.0 / b), x)
+        out.append(term if grad else term.detach())
     return torch.cat(out) * scale**p
 
 

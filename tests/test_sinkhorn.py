@@ -450,10 +450,12 @@ def test_softmin_equals_geomloss_softmin_tensorized():
             torch.testing.assert_close(_softmin(eps, c, h), ref, rtol=1e-12, atol=1e-12)
 
 
-def test_geomloss_leaves_grad_mode_alone():
+@pytest.mark.parametrize("backend", SINKHORN_BACKENDS)
+def test_geomloss_leaves_grad_mode_alone(backend):
     values, groups = _batch(16, seed=0)
+    values.requires_grad_(True)
     with torch.no_grad():
-        out = SinkhornFairnessLoss()(values, groups)
+        out = SinkhornFairnessLoss(backend=backend)(values, groups)
         assert not torch.is_grad_enabled()  # GeomLoss's loop switches it on when it returns
     assert torch.is_grad_enabled() and not out.requires_grad
 
