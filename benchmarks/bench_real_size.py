@@ -8,9 +8,20 @@ the preset config, then times ``warmup + steps`` optimiser steps of the full mod
 attributes, ``backward``, AdamW ``step``) on fixed random batches, and records
 
 * step time: mean ± std over the timed steps (wall clock, ``torch.set_num_threads(--threads)``);
-* peak memory: the process's peak resident set (``ru_maxrss``) and its growth over the memory
+* peak memory: the process's peak resident set (``ru_maxrss``), its growth over the memory
   right after the model was built (= what training adds: gradients, optimiser state,
-  activations). On CUDA the peak allocated GPU memory instead.
+  activations), and its peak within each phase of the step (build, forward, backward,
+  optimizer; sampled every 2 ms). On CUDA the peak allocated GPU memory instead;
+* the activations autograd saves in the first forward (unique storages that are not
+  parameters, ``torch.autograd.graph.saved_tensors_hooks``): what the step holds independently
+  of the allocator.
+
+glibc's malloc keeps freed blocks of up to 32 MiB in its heap once its dynamic mmap threshold has
+risen, so the resident set also counts freed temporaries that it has not returned, and the
+more temporaries a step makes, the more it counts (LoRA's adapted projections make two or three
+extra full-size ones each). The children run with ``MALLOC_MMAP_THRESHOLD_`` fixed
+(``--mmap-threshold``, 64 KiB by default; 0 = glibc's default), so that large blocks are mapped
+and returned on free and the resident set follows the live tensors (docs/device.md).
 
 Prints a table and writes ``benchmarks/results/real_size.json``.
 
@@ -21,16 +32,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
+from fairvlm_lightning.atomic import atomic_write_json
 from fairvlm_lightning.schema import ATTRIBUTE_GROUPS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_size.json"
@@ -48,12 +62,35 @@ def _current_rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
+class _PhasePeaks:
+    """Samples the resident set every 2 ms and keeps its maximum per named phase."""
+
+    def __init__(self) -> None:
+        self.phase = "build"
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = _current_rss_mib()
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+            time.sleep(0.002)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v, 1) for k, v in self.peaks.items()}
+
+
 def run_one(mode: str, batch_size: int, steps: int, warmup: int, threads: int, device: str) -> dict:
     from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder
     from fairvlm_lightning.module import FairVLMModule
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    sampler = _PhasePeaks()
     texts = ["cup to disc ratio 0.7, glaucoma suspect", "normal optic nerve, no glaucoma"] * 8
     with tempfile.TemporaryDirectory() as tmp:
         preset = None if mode == "tiny" else "clip-vit-base-patch16"
@@ -80,18 +117,36 @@ def run_one(mode: str, batch_size: int, steps: int, warmup: int, threads: int, d
     batch = {k: v.to(device) for k, v in batch.items()}
     opt = module.configure_optimizers()
     module.train()
+    sampler.phase = "before_step"
     base_rss = _current_rss_mib()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved.setdefault(storage.data_ptr(), storage.nbytes())
+        return t
+
     times = []
     for i in range(warmup + steps):
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = module.training_step(batch, i)["loss"]
+        sampler.phase = "forward"
+        if i == 0:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = module.training_step(batch, i)["loss"]
+        else:
+            loss = module.training_step(batch, i)["loss"]
+        sampler.phase = "backward"
         loss.backward()
+        sampler.phase = "optimizer"
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sampler.phase = "idle"
         if device == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
@@ -112,6 +167,9 @@ def run_one(mode: str, batch_size: int, steps: int, warmup: int, threads: int, d
         "device": device,
         "peak_rss_mib": _rss_mib(),
         "rss_after_build_mib": base_rss,
+        "peak_rss_mib_by_phase": sampler.stop(),
+        "saved_activations_mib": sum(saved.values()) / 2**20,
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
     if device == "cuda":
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -126,6 +184,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--modes", nargs="+", default=["tiny", "full", "lora"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--mmap-threshold", type=int, default=65536, help="MALLOC_MMAP_THRESHOLD_")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
     if args.one:
@@ -137,7 +196,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", mode, "--batch-size", str(args.batch_size),
                "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--threads", str(args.threads), "--device", args.device]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        env = dict(os.environ)
+        if args.mmap_threshold:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
         rows.append(json.loads(line[len("RESULT ") :]))
     tiny = next((r for r in rows if r["mode"] == "tiny"), None)
@@ -147,7 +209,7 @@ def main() -> None:
     )
     print(
         f"{'mode':<6} {'img':>4} {'params (trainable/total)':>26} {'step s (mean±std)':>19} "
-        f"{'x tiny':>8} {'peak RSS MiB':>13} {'+training MiB':>14}"
+        f"{'x tiny':>8} {'peak RSS MiB':>13} {'+training MiB':>14} {'saved act. MiB':>15}"
     )
     for r in rows:
         ratio = r["step_s_mean"] / tiny["step_s_mean"] if tiny else float("nan")
@@ -155,10 +217,11 @@ def main() -> None:
         print(
             f"{r['mode']:<6} {r['image_size']:>4} {params:>26} "
             f"{r['step_s_mean']:>10.2f} ± {r['step_s_std']:<6.2f} {ratio:>8.0f} "
-            f"{r['peak_rss_mib']:>13.0f} {r['peak_rss_mib'] - r['rss_after_build_mib']:>14.0f}"
+            f"{r['peak_rss_mib']:>13.0f} {r['peak_rss_mib'] - r['rss_after_build_mib']:>14.0f} "
+            f"{r['saved_activations_mib']:>15.0f}"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    atomic_write_json(RESULTS, {"args": vars(args), "rows": rows})
     print(f"wrote {RESULTS}")
 
 

@@ -1,19 +1,19 @@
-"""GeomLoss Sinkhorn vs the exact 1-D quantile path, and the measurement behind the defaults.
+"""The Sinkhorn term's backends side by side (geomloss, fused, exact1d), and the defaults.
 
 Part 0 -- the fairness term as training uses it: the four FairVLMed attributes (race 3 groups,
 gender 2, ethnicity 2, language 3, with unknowns), forward+backward at B = 16, 32, 64, for
-``backend="exact1d"``, ``backend="geomloss"`` (default blur/scaling) and, side by side in the
-same run, the code path this class used before the batched rewrite (one GeomLoss
-``SamplesLoss`` call on padded groups, kept below as ``samplesloss_terms``), with denormals
-flushed (the best case) and not (torch's default, so what ``fairvlm fit`` ran). Next to each
-time: the relative error of the value and the cosine of the gradient against exact1d (worst
-over seeds), and the number of aten operations (torch profiler, all events) of one call.
+``backend="exact1d"``, ``backend="fused"`` and ``backend="geomloss"`` (one batched
+``geomloss.SamplesLoss`` call; default blur/scaling) in the same run, with denormals flushed
+(the best case) and not (torch's default, so what ``fairvlm fit`` runs). Next to each time: the
+speed-up over ``geomloss``, the relative error of the value and the cosine of the gradient
+against exact1d (worst over seeds), and the number of aten operations (torch profiler, all
+events) of one call. This table is what ``backend="auto"`` rests on for CPU.
 
-Part 1 -- speed: forward+backward time of ``SinkhornFairnessLoss`` with ``backend="geomloss"``
+Part 1 -- speed: forward+backward time of ``SinkhornFairnessLoss`` with ``backend="fused"``
 (default blur/scaling) and ``backend="exact1d"`` for one group of half the batch against the
 batch, n = 64 ... 16384, with the ratio and the relative difference of the values.
 
-Part 2 -- defaults: for a grid of (blur, scaling), the relative error of the GeomLoss value
+Part 2 -- defaults: for a grid of (blur, scaling), the relative error of the Sinkhorn value
 against the exact blur -> 0 limit, the cosine between the two gradients, and the time, on
 loss-like batches with three groups of one attribute (one of them shifted) and two of another.
 
@@ -41,7 +41,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from geomloss import SamplesLoss
 from torch.profiler import ProfilerActivity, profile
 
 from fairvlm_lightning.sinkhorn import DEFAULT_BLUR, DEFAULT_SCALING, SinkhornFairnessLoss
@@ -87,49 +86,6 @@ def time_fwd_bwd(
     return min(times), value, grad
 
 
-def samplesloss_terms(
-    values: torch.Tensor,
-    groups: dict[str, torch.Tensor],
-    blur: float = DEFAULT_BLUR,
-    scaling: float = DEFAULT_SCALING,
-    min_group_size: int = 2,
-) -> torch.Tensor:
-    """The pre-batching GeomLoss path: one ``SamplesLoss`` call on groups padded to one width."""
-    lo, hi = torch.aminmax(values.detach())
-    loss = SamplesLoss(
-        "sinkhorn",
-        p=2,
-        blur=blur,
-        scaling=scaling,
-        debias=True,
-        diameter=max((hi - lo).item(), blur),
-        backend="tensorized",
-    )
-    members = []
-    for ids in groups.values():
-        present, counts = torch.unique(ids, return_counts=True)
-        for gid, count in zip(present.tolist(), counts.tolist(), strict=True):
-            if gid >= 0 and count >= min_group_size:
-                members.append(torch.nonzero(ids == gid).flatten())
-    b = values.numel()
-    width = max(int(idx.numel()) for idx in members)
-    index = torch.stack([torch.cat([i, i[:1].expand(width - i.numel())]) for i in members])
-    weights = torch.stack(
-        [
-            torch.cat(
-                [
-                    values.new_full((i.numel(),), 1.0 / i.numel()),
-                    values.new_zeros(width - i.numel()),
-                ]
-            )
-            for i in members
-        ]
-    )
-    x = values.index_select(0, index.flatten()).view(*index.shape, 1)
-    y = values.expand(len(members), b).unsqueeze(-1).contiguous()
-    return loss(weights, x, values.new_full((len(members), b), 1.0 / b), y).sum()
-
-
 def fairvlmed_batch(b: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss-like values and the four FairVLMed attributes (with unknowns), one group worse off."""
     values = loss_like(b, seed)
@@ -157,10 +113,10 @@ def part_term(batch_sizes: list[int], seeds: int) -> list[dict]:
     exact = SinkhornFairnessLoss(backend="exact1d")
     methods = [
         ("exact1d", exact, False),
-        ("geomloss", SinkhornFairnessLoss(), False),
-        ("geomloss", SinkhornFairnessLoss(), True),
-        ("samplesloss (before)", samplesloss_terms, False),
-        ("samplesloss (before)", samplesloss_terms, True),
+        ("fused", SinkhornFairnessLoss(backend="fused"), False),
+        ("fused", SinkhornFairnessLoss(backend="fused"), True),
+        ("geomloss", SinkhornFairnessLoss(backend="geomloss"), False),
+        ("geomloss", SinkhornFairnessLoss(backend="geomloss"), True),
     ]
     rows = []
     print(
@@ -168,7 +124,7 @@ def part_term(batch_sizes: list[int], seeds: int) -> list[dict]:
         f"{torch.get_num_threads()} thread(s); error / cosine: worst of {seeds} seeds vs exact1d"
     )
     print(
-        f"{'B':>4} {'method':<22} {'flush':>5} {'ms':>8} {'vs before':>9} {'rel err':>8} "
+        f"{'B':>4} {'method':<22} {'flush':>5} {'ms':>8} {'vs geoml.':>9} {'rel err':>8} "
         f"{'grad cos':>8} {'aten ops':>8}"
     )
     for b in batch_sizes:
@@ -197,18 +153,17 @@ def part_term(batch_sizes: list[int], seeds: int) -> list[dict]:
                     "aten_ops": ops,
                 }
             )
-        for row in batch_rows:  # ratio to the old path under the same denormal setting
-            before = next(
+        for row in batch_rows:  # ratio to GeomLoss under the same denormal setting
+            base = next(
                 r
                 for r in batch_rows
-                if r["method"].startswith("samplesloss")
-                and r["flush_denormal"] == row["flush_denormal"]
+                if r["method"] == "geomloss" and r["flush_denormal"] == row["flush_denormal"]
             )
-            row["speedup_vs_before"] = before["best_s"] / row["best_s"]
-            row["ops_ratio_vs_before"] = row["aten_ops"] / before["aten_ops"]
+            row["speedup_vs_geomloss"] = base["best_s"] / row["best_s"]
+            row["ops_ratio_vs_geomloss"] = row["aten_ops"] / base["aten_ops"]
             print(
                 f"{b:>4} {row['method']:<22} {'on' if row['flush_denormal'] else 'off':>5} "
-                f"{row['best_s'] * 1e3:>8.2f} {row['speedup_vs_before']:>8.1f}x "
+                f"{row['best_s'] * 1e3:>8.2f} {row['speedup_vs_geomloss']:>8.1f}x "
                 f"{row['max_rel_err']:>8.4f} {row['min_grad_cos']:>8.4f} {row['aten_ops']:>8}",
                 flush=True,
             )
@@ -218,14 +173,14 @@ def part_term(batch_sizes: list[int], seeds: int) -> list[dict]:
 
 
 def part_speed(sizes: list[int]) -> list[dict]:
-    geom = SinkhornFairnessLoss()
+    geom = SinkhornFairnessLoss(backend="fused")
     exact = SinkhornFairnessLoss(backend="exact1d")
     rows = []
     print(
         f"\n## forward+backward, one group of n/2 vs the batch "
-        f"(geomloss blur={DEFAULT_BLUR}, scaling={DEFAULT_SCALING})"
+        f"(fused blur={DEFAULT_BLUR}, scaling={DEFAULT_SCALING})"
     )
-    print(f"{'n':>6} {'geomloss ms':>12} {'exact1d ms':>11} {'ratio':>8} {'rel diff':>9}")
+    print(f"{'n':>6} {'fused ms':>12} {'exact1d ms':>11} {'ratio':>8} {'rel diff':>9}")
     for n in sizes:
         values = loss_like(n, seed=n)
         g = torch.Generator().manual_seed(n + 1)
@@ -238,10 +193,10 @@ def part_speed(sizes: list[int]) -> list[dict]:
         t_exact, v_exact, _ = time_fwd_bwd(exact, values, groups)
         row = {
             "n": n,
-            "geomloss_s": t_geom,
+            "fused_s": t_geom,
             "exact1d_s": t_exact,
             "ratio": t_geom / t_exact,
-            "geomloss_value": v_geom,
+            "fused_value": v_geom,
             "exact1d_value": v_exact,
             "rel_diff": (v_geom - v_exact) / v_exact,
         }

@@ -1,6 +1,6 @@
 """One training step of FairVLMModule per method, side by side, at the tiny and at the real size.
 
-Methods: plain CLIP; + DBPM; + Sinkhorn term (GeomLoss backend); + Sinkhorn term (exact1d);
+Methods: plain CLIP; + DBPM; + Sinkhorn term (fused backend); + Sinkhorn term (exact1d);
 the full method (DBPM + Sinkhorn, with each backend); and the reference-code style of FairCLIP
 (no DBPM; for every attribute and every group one extra no-grad forward pass of a batch drawn
 from that group, and one GeomLoss ``SamplesLoss(blur=1e-4)`` between the batch's matched-pair
@@ -66,9 +66,9 @@ VARIANTS = [
     "dbpm",
     "dbpm_ema_zero",
     "dbpm_mixture_race",
-    "sinkhorn_geomloss",
+    "sinkhorn_fused",
     "sinkhorn_exact1d",
-    "full_geomloss",
+    "full_fused",
     "full_exact1d",
     "reference_style",
 ]
@@ -208,7 +208,7 @@ def build_module(variant: str, config: CLIPConfig, pools=None) -> FairVLMModule:
     if variant == "reference_style":
         return ReferenceStyleModule(config, pools)
     fair = 0.0 if variant == "clip" or variant.startswith("dbpm") else FAIRNESS_WEIGHT
-    backend = "exact1d" if variant.endswith("exact1d") else "geomloss"
+    backend = "exact1d" if variant.endswith("exact1d") else "fused"
     return FairVLMModule(config, fairness_weight=fair, sinkhorn_backend=backend)
 
 
@@ -256,7 +256,7 @@ def fairness_term(variant: str) -> Callable[[torch.Tensor, dict[str, torch.Tenso
             return total
 
         return reference
-    backend = "exact1d" if variant.endswith("exact1d") else "geomloss"
+    backend = "exact1d" if variant.endswith("exact1d") else "fused"
     return SinkhornFairnessLoss(backend=backend)
 
 
@@ -351,7 +351,7 @@ def part_real(steps: int, dbpm_cb: DynamicBadPairMining | None) -> list[dict]:
         return time_call(call, reps=20)
 
     extra: dict[str, float] = {"clip": 0.0}
-    extra["sinkhorn_geomloss"] = term_time(SinkhornFairnessLoss(backend="geomloss"))
+    extra["sinkhorn_fused"] = term_time(SinkhornFairnessLoss(backend="fused"))
     extra["sinkhorn_exact1d"] = term_time(SinkhornFairnessLoss(backend="exact1d"))
     if dbpm_cb is not None and dbpm_cb.miner is not None:
         index = torch.arange(bs)
@@ -365,7 +365,7 @@ def part_real(steps: int, dbpm_cb: DynamicBadPairMining | None) -> list[dict]:
         extra["dbpm"] = time_call(dbpm_step, reps=20)
     else:
         extra["dbpm"] = float("nan")
-    extra["full_geomloss"] = extra["dbpm"] + extra["sinkhorn_geomloss"]
+    extra["full_fused"] = extra["dbpm"] + extra["sinkhorn_fused"]
     extra["full_exact1d"] = extra["dbpm"] + extra["sinkhorn_exact1d"]
     with torch.no_grad():
         forward = time_call(

@@ -369,7 +369,7 @@ class FairVLMModule(pl.LightningModule):
         sinkhorn_blur: GeomLoss blur of the Sinkhorn divergence (default 1e-2, see
             :class:`~fairvlm_lightning.sinkhorn.SinkhornFairnessLoss`).
         sinkhorn_scaling: GeomLoss ε-scaling ratio in (0, 1) (default 0.95).
-        sinkhorn_backend: ``"geomloss"`` or ``"exact1d"`` (the blur → 0 limit by sorting).
+        sinkhorn_backend: ``"auto"`` (per device), ``"fused"``, ``"geomloss"`` or ``"exact1d"``.
         min_group_size: groups with fewer members in the batch are skipped by the term.
         prompts: class id → prompt or list of prompts (embeddings averaged) for zero-shot
             evaluation; default ``{0: "A photo of non-glaucoma", 1: "A photo of glaucoma"}``.
@@ -441,7 +441,7 @@ class FairVLMModule(pl.LightningModule):
         fairness_statistic: Literal["loss", "similarity"] = "loss",
         sinkhorn_blur: float = DEFAULT_BLUR,
         sinkhorn_scaling: float = DEFAULT_SCALING,
-        sinkhorn_backend: Literal["geomloss", "exact1d"] = "geomloss",
+        sinkhorn_backend: Literal["auto", "fused", "geomloss", "exact1d"] = "auto",
         min_group_size: int = 2,
         prompts: dict[int, str | list[str]] | None = None,
         prompt_max_length: int = 64,

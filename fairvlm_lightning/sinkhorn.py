@@ -6,34 +6,55 @@ between the empirical 1-D distribution of a per-pair statistic over the group's 
 the whole batch (GeomLoss ``SamplesLoss("sinkhorn", p=2, blur=..., debias=True)``, cost
 :math:`|x-y|^2/2`). :class:`SinkhornFairnessLoss` returns the sum over attributes and groups.
 
-``backend="exact1d"`` computes the :math:`\varepsilon \to 0` limit in closed form: for uniform
-empirical measures on the line optimal transport matches quantiles, so
+Backends: ``"geomloss"`` calls ``geomloss.SamplesLoss`` once for all groups; ``"fused"``
+computes the same divergence with a re-batched transcription of GeomLoss's loop
+(:func:`sinkhorn_divergences`); ``"exact1d"`` computes the :math:`\varepsilon \to 0` limit in
+closed form: for uniform empirical measures on the line optimal transport matches quantiles, so
 :math:`S_0 = \tfrac1p W_p^p = \tfrac1p\int_0^1 |F^{-1}(t) - G^{-1}(t)|^p\,dt`, evaluated exactly
-by sorting (:func:`quantile_transport_cost`).
+by sorting (:func:`quantile_transport_cost`); ``"auto"`` picks one per device
+(:func:`auto_backend`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fairvlm_lightning.validation import check_integer_ids
 
-__all__ = ["DEFAULT_BLUR", "DEFAULT_SCALING", "SinkhornFairnessLoss", "quantile_transport_cost"]
+__all__ = [
+    "DEFAULT_BLUR",
+    "DEFAULT_SCALING",
+    "SinkhornBackend",
+    "SinkhornFairnessLoss",
+    "auto_backend",
+    "epsilon_schedule",
+    "group_weights",
+    "quantile_transport_cost",
+    "sinkhorn_divergences",
+]
 
-# Measured by benchmarks/bench_sinkhorn.py (table in the SinkhornFairnessLoss docstring): below
-# blur ~1e-2 the gap to the exact value is set by the epsilon-scaling ratio, not by blur.
+#: Names accepted by ``SinkhornFairnessLoss(backend=...)``.
+SinkhornBackend = Literal["auto", "fused", "geomloss", "exact1d"]
+
+# Chosen by benchmarks/bench_sinkhorn.py (docs/losses.md): below blur ~1e-2 the gap to the exact
+# value is set by the epsilon-scaling ratio, not by blur.
 #: Default GeomLoss blur of :class:`SinkhornFairnessLoss` (and of ``FairVLMModule``).
 DEFAULT_BLUR = 1e-2
 #: Default GeomLoss epsilon-scaling ratio of :class:`SinkhornFairnessLoss`.
 DEFAULT_SCALING = 0.95
-# Elements per (problems x n x n) cost matrix in one batched GeomLoss call.
+# Elements per (problems x n x n) cost matrix in one batched call.
 _MAX_BATCHED_ELEMENTS = 2**25
+# backend="auto" per device type (docs/losses.md, "Choosing a backend"): on CPU the fused loop is
+# measured faster than GeomLoss's; on CUDA the choice is reasoned, not measured: the fused loop
+# launches fewer kernels and, with a fixed diameter, can be captured in a CUDA graph.
+_AUTO_BACKEND = {"cpu": "fused", "cuda": "fused"}
 # Largest (value range / blur)**p the GeomLoss backend accepts: beyond it C / eps in float32
 # loses all digits of the soft-min (and overflows to inf, then NaN, near 1e38).
 _MAX_RESOLUTION = 1e30
@@ -100,14 +121,54 @@ class _Layout(NamedTuple):
     sizes: list[int]  # members per group
 
 
+# Constant for torch.compile: run eagerly at trace time (NumPy inside would be traced as tensors).
+@torch.compiler.assume_constant_result
+def epsilon_schedule(p: int, diameter: float, blur: float, scaling: float) -> list[float]:
+    r"""GeomLoss's epsilon-scaling schedule: the temperatures of the Sinkhorn iterations.
+
+    Starts at :math:`\text{diameter}^p`, then :math:`\exp(p \log d + k\,p \log s)` for
+    ``k = 0, 1, ...`` while above :math:`\text{blur}^p`, and ends at :math:`\text{blur}^p`
+    (the same closed form, and the same NumPy arithmetic, as GeomLoss's ``epsilon_schedule``).
+
+    Args:
+        p: exponent of the cost :math:`|x - y|^p / p`.
+        diameter: upper bound of the distances between points, > 0.
+        blur: target blur scale (:math:`\varepsilon = \text{blur}^p`), > 0.
+        scaling: ratio between two successive blur scales, in (0, 1).
+
+    Returns:
+        The temperatures as Python floats.
+
+    Example:
+        >>> [round(e, 4) for e in epsilon_schedule(2, 1.0, 0.25, 0.5)]
+        [1.0, 1.0, 0.25, 0.0625]
+    """
+    middle = np.exp(np.arange(p * np.log(diameter), p * np.log(blur), p * np.log(scaling)))
+    return [float(diameter**p), *(float(e) for e in middle), float(blur**p)]
+
+
+def auto_backend(device: torch.device | str) -> str:
+    """The backend ``backend="auto"`` runs on ``device``: ``"fused"`` on CPU and on CUDA.
+
+    Example:
+        >>> auto_backend("cpu")
+        'fused'
+    """
+    return _AUTO_BACKEND.get(torch.device(device).type, "fused")
+
+
 @cache
-def _epsilon_schedule() -> Callable[..., Any]:
-    """GeomLoss's epsilon-scaling schedule (geomloss 0.3 or 0.2 module layout)."""
+def _keops_available() -> bool:
     try:
-        from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
-    except ImportError:  # geomloss < 0.3 kept the module at the top level
-        from geomloss.sinkhorn_divergence import epsilon_schedule  # type: ignore[no-redef]
-    return epsilon_schedule  # type: ignore[no-any-return]
+        import pykeops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _samples_backend(device: torch.device) -> str:
+    """GeomLoss backend for ``backend="geomloss"``: KeOps ``online`` on CUDA when installed."""
+    return "online" if device.type == "cuda" and _keops_available() else "tensorized"
 
 
 # exp(x) for x < -87.3 underflows float32; torch's vectorised CPU exp leaves its fast path there
@@ -164,12 +225,18 @@ def _symmetric_sinkhorn(
     a_log = a.log()  # -inf off the group: exactly zero mass, whatever the potentials
     # Row r is updated from the potential in row swap[r], under the log-weights in row r.
     weights = torch.cat([batch_log.expand(g, b), a_log, a_log, batch_log])
-    swap = torch.cat([torch.arange(g, 2 * g), torch.arange(g), torch.arange(2 * g, 3 * g + 1)]).to(
-        a.device
+    dev = a.device
+    swap = torch.cat(
+        [
+            torch.arange(g, 2 * g, device=dev),
+            torch.arange(g, device=dev),
+            torch.arange(2 * g, 3 * g + 1, device=dev),
+        ]
     )
     with torch.no_grad():
         c = cost.detach()
-        half = c.new_tensor(0.5)  # a tensor: a Python scalar costs four copy ops per use
+        # A device tensor (a Python scalar costs four copy ops per use; new_tensor a host copy).
+        half = torch.full((), 0.5, dtype=c.dtype, device=dev)
         pot = _softmin(eps_list[0], c, weights)
         for eps in eps_list:
             lse = _lse(eps, c, torch.add(weights, pot.index_select(0, swap), alpha=1 / eps))
@@ -180,6 +247,235 @@ def _symmetric_sinkhorn(
     return pot[:g], pot[g : 2 * g], pot[2 * g : 3 * g], pot[3 * g]
 
 
+def _group_layout(
+    groups: Mapping[str, Tensor], b: int, device: torch.device, min_group_size: int
+) -> _Layout:
+    """Usable groups of all attributes at once: names, ``(G, B)`` membership and sizes."""
+    attrs = list(groups)
+    if not attrs or b == 0:
+        return _Layout([], None, [])
+    ids = torch.stack([groups[a].to(device=device, dtype=torch.int64) for a in attrs])
+    lo_hi = torch.stack([ids.amin(dim=1), ids.amax(dim=1)]).tolist()  # one host sync
+    for attr, lo in zip(attrs, lo_hi[0], strict=True):
+        if lo < -1:
+            raise ValueError(f"groups[{attr!r}] holds id {lo}; ids must be >= 0, or -1 for unknown")
+    span = max(lo_hi[1]) + 1
+    if span <= 0:
+        return _Layout([], None, [])
+    # One key per (attribute, group id); unknowns (-1) get key -1. Sorted unique keys list the
+    # attributes in dict order and the ids of each in ascending order.
+    offsets = torch.arange(len(attrs), device=device).unsqueeze(1) * span
+    keys = torch.where(ids >= 0, ids + offsets, -1)
+    present, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    names: list[str] = []
+    sizes: list[int] = []
+    slots: list[int] = []
+    for key, count in zip(present.tolist(), counts.tolist(), strict=True):
+        if key >= 0 and count >= min_group_size:
+            slots.append(len(names))
+            names.append(f"{attrs[key // span]}/{key % span}")
+            sizes.append(count)
+        else:
+            slots.append(-1)
+    if not names:
+        return _Layout([], None, [])
+    slot = torch.tensor(slots, device=device)[inverse]  # (A, B): usable group or -1
+    member = (slot.unsqueeze(-1) == torch.arange(len(names), device=device)).any(dim=0)
+    return _Layout(names, member.T.contiguous(), sizes)  # (G, B) bool
+
+
+def group_weights(
+    groups: Mapping[str, Tensor], min_group_size: int = 2, device: torch.device | str | None = None
+) -> tuple[list[str], Tensor]:
+    """Names and ``(G, B)`` weights of the usable groups of a batch (``1/n_g`` on members).
+
+    The layout :class:`SinkhornFairnessLoss` builds from the group ids (one host sync). Compute
+    it once for a fixed group layout and pass the weights to :func:`sinkhorn_divergences` to
+    run the term without any host sync (``torch.compile`` / CUDA graph capture).
+
+    Args:
+        groups: attribute name -> ``(B,)`` integer group ids, ``-1`` = unknown.
+        min_group_size: groups with fewer members are left out.
+        device: device of the weights (default: that of the first ids tensor).
+
+    Returns:
+        ``["attr/id", ...]`` (attributes in dict order, ids ascending) and the float32 weights.
+
+    Example:
+        >>> names, w = group_weights({"gender": torch.tensor([0, 0, 1, -1])}, min_group_size=1)
+        >>> names, w.tolist()
+        (['gender/0', 'gender/1'], [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    """
+    first = next(iter(groups.values()), None)
+    b = 0 if first is None else first.numel()
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (first.device if first is not None else torch.device("cpu"))
+    )
+    layout = _group_layout(groups, b, dev, min_group_size)
+    if layout.member is None:
+        return [], torch.zeros(0, b, device=dev)
+    return layout.names, _layout_weights(layout, torch.float32)
+
+
+def _layout_weights(layout: _Layout, dtype: torch.dtype) -> Tensor:
+    assert layout.member is not None
+    sizes = torch.tensor(layout.sizes, device=layout.member.device, dtype=dtype)
+    return layout.member.to(dtype) / sizes.unsqueeze(1)
+
+
+def _exact_terms(values: Tensor, layout: _Layout, p: int) -> Tensor:
+    r"""All groups' :math:`\tfrac1p W_p^p` to the batch in one batched quantile integration.
+
+    Row ``g`` holds group ``g``'s sorted values padded to ``B``; the merged breakpoints
+    ``k * B`` (group) and ``j * n_g`` (batch) over the denominator ``n_g * B`` are sorted per
+    row (unused slots sort last with width 0), exactly as :func:`quantile_transport_cost`
+    does for one group.
+    """
+    assert layout.member is not None
+    b = values.numel()
+    device = values.device
+    ys, order = torch.sort(values)
+    n = torch.tensor(layout.sizes, device=device)  # (G,)
+    member = layout.member.index_select(1, order)  # (G, B) in sorted order
+    pos = torch.arange(b, device=device)
+    # Members first (ascending value), then the others: group g's sorted values in row g.
+    slots = torch.sort(torch.where(member, pos, pos + b), dim=1).values
+    xs = ys.index_select(0, (slots % b).flatten()).view(slots.shape)  # (G, B)
+    k = pos + 1
+    x_cuts = torch.where(k <= n.unsqueeze(1), k * b, b * b + 1)  # unused: sorted last
+    y_cuts = k * n.unsqueeze(1)
+    cuts = torch.sort(torch.cat([x_cuts, y_cuts], dim=1), dim=1).values  # (G, 2B)
+    valid = cuts <= (n * b).unsqueeze(1)
+    widths = torch.diff(cuts, dim=1, prepend=cuts.new_zeros(cuts.shape[0], 1))
+    widths = torch.where(valid, widths, 0).to(values.dtype) / (n * b).unsqueeze(1)
+    xi = ((cuts - 1) // b).clamp(max=b - 1)
+    yi = ((cuts - 1) // n.unsqueeze(1)).clamp(max=b - 1)
+    diff = xs.gather(1, xi) - ys.index_select(0, yi.flatten()).view(yi.shape)
+    cost = diff.abs() if p == 1 else diff * diff
+    return (widths * cost).sum(dim=1) / p
+
+
+def _normalise(
+    values: Tensor, blur: float, p: int, diameter: float | None
+) -> tuple[Tensor, float, float]:
+    """Map values to ``[0, 1]`` by their range (or to ``[0, range/diameter]``, no host sync)."""
+    if diameter is None:
+        lo, hi = torch.aminmax(values.detach())
+        span = (hi - lo).item()
+        if span != span or span == float("inf"):
+            raise ValueError("values contain NaN or infinity")
+        scale = max(span, blur)  # identical values do not crash (geomloss issue #51)
+    else:
+        lo = values.detach().amin()
+        scale = float(diameter)
+    if (scale / blur) ** p > _MAX_RESOLUTION:
+        what = "values span" if diameter is None else "diameter="
+        raise ValueError(
+            f"{what} {scale:.3g}, {scale / blur:.3g} times blur={blur:g}: "
+            f"Sinkhorn in float32 cannot resolve costs that far apart (limit "
+            f"{_MAX_RESOLUTION ** (1 / p):.3g} times blur); use a larger blur or "
+            "backend='exact1d'"
+        )
+    return (values - lo) / scale, scale, blur / scale
+
+
+def sinkhorn_divergences(
+    values: Tensor,
+    weights: Tensor,
+    blur: float = DEFAULT_BLUR,
+    p: int = 2,
+    scaling: float = DEFAULT_SCALING,
+    diameter: float | None = None,
+) -> Tensor:
+    r"""Debiased Sinkhorn divergence of each weighted group of a batch to the whole batch.
+
+    The ``"fused"`` backend: GeomLoss's symmetric Sinkhorn loop (same epsilon schedule, same
+    averaged updates from the same start, same final extrapolation step for the gradient and
+    the same debiasing formula), batched over all groups: every group is a reweighting of the
+    batch, so one ``(B, B)`` cost matrix serves all problems and the ``3G + 1`` potentials are
+    rows of one tensor, updated by one soft-min per iteration. Values are mapped to ``[0, 1]``
+    (``blur`` with them) and the divergence scaled back by ``scale**p``.
+
+    With ``diameter=None`` the scale is the batch's value range (one host sync, non-finite
+    values raise). With a float ``diameter`` (an upper bound of the value range) the number of
+    iterations and every shape are fixed by ``B`` and ``G``: no host sync, so
+    ``torch.compile(fullgraph=True)`` and CUDA graphs capture the whole call; non-finite values
+    then give NaN instead of an error.
+
+    Args:
+        values: ``(B,)`` float values (computed in their dtype; float32 or float64).
+        weights: ``(G, B)`` non-negative group weights, each row summing to 1
+            (:func:`group_weights`).
+        blur: blur scale (:math:`\varepsilon = \text{blur}^p`) in the units of ``values``.
+        p: exponent of the cost :math:`|x - y|^p / p`; 1 or 2.
+        scaling: epsilon-scaling ratio in (0, 1).
+        diameter: fixed scale of the values, or None for their range in this batch.
+
+    Returns:
+        ``(G,)`` divergences, differentiable with respect to ``values``.
+
+    Example:
+        >>> values = torch.tensor([0.0, 1.0, 2.0, 3.0])
+        >>> names, w = group_weights({"gender": torch.tensor([0, 0, 1, 1])})
+        >>> sinkhorn_divergences(values, w, blur=0.01).shape
+        torch.Size([2])
+    """
+    z, scale, blur_z = _normalise(values, blur, p, diameter)
+    b = z.numel()
+    diff = z.unsqueeze(1) - z.detach().unsqueeze(0)  # C(x_i, y_j) with y detached, as GeomLoss
+    if p == 2:
+        cost = diff * diff / 2
+    else:
+        cost = torch.sqrt(torch.clamp_min(diff * diff, 1e-8 / (scale * scale)))
+    batch_log = z.new_full((1, b), -math.log(b))
+    eps_list = epsilon_schedule(p, 1.0, blur_z, scaling)
+    per_call = max(1, _MAX_BATCHED_ELEMENTS // (3 * b * b))
+    out: list[Tensor] = []
+    for start in range(0, weights.shape[0], per_call):
+        a = weights[start : start + per_call]
+        f_ab, g_ab, f_aa, g_bb = _symmetric_sinkhorn(cost, a, batch_log, eps_list)
+        out.append((a * (f_ab - f_aa)).sum(dim=1) + (g_ab - g_bb).mean(dim=1))
+    return torch.cat(out) * scale**p
+
+
+def _geomloss_divergences(
+    values: Tensor, weights: Tensor, blur: float, p: int, scaling: float
+) -> Tensor:
+    """The same divergences from ``geomloss.SamplesLoss``: one batched call for all groups.
+
+    Problem ``g`` of the batch is (group ``g``: all ``B`` points, weights ``weights[g]``, zero
+    off the group) vs (the batch: uniform weights). GeomLoss gives zero weights the log-weight
+    ``-1e5``; on values mapped to ``[0, 1]`` every ``C / eps`` is far below that, so zero-weight
+    points carry no mass and receive no gradient.
+    """
+    from geomloss import SamplesLoss
+
+    z, scale, blur_z = _normalise(values, blur, p, None)
+    b = z.numel()
+    loss = SamplesLoss(
+        "sinkhorn",
+        p=p,
+        blur=blur_z,
+        scaling=scaling,
+        debias=True,
+        diameter=1.0,
+        backend=_samples_backend(z.device),
+    )
+    per_call = max(1, _MAX_BATCHED_ELEMENTS // (4 * b * b))
+    grad = torch.is_grad_enabled()
+    out: list[Tensor] = []
+    for start in range(0, weights.shape[0], per_call):
+        a = weights[start : start + per_call]
+        x = z.view(1, b, 1).expand(a.shape[0], b, 1)
+        # GeomLoss's loop ends with set_grad_enabled(True): restore the caller's mode.
+        with torch.set_grad_enabled(grad):
+            term = loss(a, x, torch.full_like(a, 1.0 / b), x)
+        out.append(term if grad else term.detach())
+    return torch.cat(out) * scale**p
+
+
 class SinkhornFairnessLoss(nn.Module):
     r"""Sum over attributes and groups of :math:`S_\varepsilon(D_{group}, D_{batch})`.
 
@@ -188,78 +484,32 @@ class SinkhornFairnessLoss(nn.Module):
     per protected attribute, with ``-1`` = unknown. For each attribute and each group id
     ``g >= 0`` with at least ``min_group_size`` members, it compares the distribution of the
     group's values with that of the whole batch (all ``B`` values, unknowns included). Groups
-    come from the same batch, so no extra forward passes are needed.
+    come from the same batch, so no extra forward passes are needed. All attributes and groups
+    are computed in one batched call (one host sync lists the usable groups).
 
-    Both backends treat all attributes and groups of a batch in one batched computation, so the
-    number of tensor operations does not grow with the number of groups (one host sync lists
-    the usable groups). Every group is a reweighting of the batch: weight ``1/n_g`` on its
-    members, 0 elsewhere.
+    Backends (docs/losses.md compares their speed and accuracy):
 
-    ``backend="geomloss"``: the debiased Sinkhorn divergence exactly as GeomLoss's
-    ``SamplesLoss("sinkhorn", p, blur, scaling, debias=True, backend="tensorized")`` computes
-    it -- GeomLoss's own epsilon-scaling schedule, its symmetric averaged updates from the same
-    start, the final extrapolation step that gives the gradient, and its debiasing formula --
-    with the loop re-batched for this use: all measures live on the batch's ``B`` points, so one
-    ``(B, B)`` cost matrix serves every problem, and the ``3G + 1`` potentials (group vs batch,
-    both sides; group vs itself; batch vs itself, once) are rows of one tensor, updated by one
-    soft-min per iteration (GeomLoss's ``sinkhorn_loop`` runs four per iteration per call, each
-    a dozen small operations, and re-solves the batch-vs-batch problem for every group). The
-    tests check the values and gradients against one ``SamplesLoss`` call per group to 1e-10
-    in float64. Inputs are cast to float32 (float16/bfloat16 give NaN at small blur) with
-    autocast disabled, and mapped to ``[0, 1]`` by the batch's value range (``blur`` with them;
-    the divergence scales back exactly by ``range**p``, and identical values do not crash,
-    geomloss issue #51). This keeps the cost matrix far from float32 overflow (plain GeomLoss
-    returns NaN from values of about 1e18); a range above ``1e15 * blur`` (``p=2``) raises a
-    ``ValueError``. The soft-min is GeomLoss's tensorized formula with terms ``e^-80`` below a
-    row's maximum clamped: torch's CPU ``exp`` is 30-80x slower on inputs that underflow, which
-    was much of GeomLoss's time here (and why ``torch.set_flush_denormal`` used to matter).
-    Memory ``O(G * B^2)``.
+    * ``"geomloss"``: ``geomloss.SamplesLoss("sinkhorn", p, blur, scaling, debias=True)``, one
+      batched call for all groups (``backend="tensorized"``; KeOps ``"online"`` on CUDA when
+      ``pykeops`` is installed).
+    * ``"fused"``: the same divergence from a re-batched transcription of GeomLoss's loop
+      (:func:`sinkhorn_divergences`), equal to ``"geomloss"`` in value and gradient and faster.
+    * ``"exact1d"``: the blur -> 0 limit, :math:`\tfrac1p W_p^p` by sorting
+      (:func:`quantile_transport_cost`): exact and fastest, without entropic smoothing.
+    * ``"auto"`` (default): :func:`auto_backend` of the values' device.
 
-    Defaults ``blur=1e-2, scaling=0.95``, chosen by measurement (``benchmarks/bench_sinkhorn.py``,
-    loss-like values of a few nats; worst case over seeds of the relative error against the
-    exact :math:`\tfrac12 W_2^2` and of the cosine between the two gradients):
-
-    ==========  ===================  ===================  ===================
-    B           blur 1e-4, sc. 0.5   blur 1e-2, sc. 0.9   blur 1e-2, sc. 0.95
-    ==========  ===================  ===================  ===================
-    32          42% / cos 0.41       7.9% / cos 0.92      3.2% / cos 0.98
-    128         60% / cos 0.68       3.4% / cos 0.96      1.4% / cos 0.98
-    512         17% / cos 0.81       2.6% / cos 0.97      1.6% / cos 0.98
-    ==========  ===================  ===================  ===================
-
-    Below blur ~1e-2 the error comes from epsilon-scaling (one Sinkhorn step per blur level),
-    not from blur: blur 1e-3 changes nothing but time, 5e-2 adds smoothing bias. Coarser
-    annealing in the large-blur phase, or extra iterations at the final blur, do not recover
-    it (measured: ``scaling=0.9`` plus 10 final iterations leaves the error at 4%). The
-    reference code's ``blur=1e-4`` with GeomLoss's default ``scaling=0.5`` is off by tens of
-    percent when groups resemble the batch (the regime a working fairness penalty lives in) and
-    its gradient can point far from the exact one; ``scaling=0.95`` keeps the gradient within
-    ~12 degrees.
-
-    Cost (``benchmarks/bench_sinkhorn.py --part term``: the four FairVLMed attributes, 10
-    groups, forward+backward, one thread's CPU time, best of k; relative error / gradient cosine
-    against exact1d, worst of 5 seeds; aten operations of one call, torch profiler). "Before" is
-    the previous code path, one padded GeomLoss ``SamplesLoss`` call for all groups:
-
-    ====  ==================  ===================  ==================  =============
-    B     exact1d             geomloss (default)   before              geomloss error
-    ====  ==================  ===================  ==================  =============
-    16    0.40 ms / 283 ops   6.9 ms / 3,225 ops   38.5 ms / 25,806    3.6% / 0.973
-    32    0.72 ms / 283 ops   8.6 ms / 3,200 ops   44.6 ms / 25,621    5.4% / 0.967
-    64    0.53 ms / 283 ops   20.8 ms / 3,400 ops  183.4 ms / 27,350   1.8% / 0.984
-    ====  ==================  ===================  ==================  =============
-
-    (Shared 2-core machine under heavy load from other jobs; ratios within one run.) Values and
-    gradients equal those of the previous path. ``backend="exact1d"`` (the blur -> 0 limit,
-    sorting only) is exact and faster still; use it when the entropic smoothing is not wanted.
+    The Sinkhorn backends cast values to float32 (float16/bfloat16 give NaN at small blur) with
+    autocast disabled and map them to ``[0, 1]`` by the batch's value range (``blur`` with
+    them; the divergence scales back exactly by ``range**p``), so identical values do not crash
+    and the cost matrix stays far from float32 overflow; a range above ``1e15 * blur``
+    (``p=2``) raises a ``ValueError``. Memory ``O(G * B^2)``.
 
     Args:
         blur: GeomLoss blur scale (:math:`\varepsilon = \text{blur}^p`), > 0.
         p: exponent of the ground cost :math:`|x - y|^p / p`; 1 or 2.
         scaling: epsilon-scaling ratio in (0, 1); closer to 1 is more accurate and slower.
         min_group_size: groups with fewer members in the batch are skipped (>= 1).
-        backend: ``"geomloss"`` (debiased Sinkhorn divergence) or ``"exact1d"`` (its blur -> 0
-            limit, :func:`quantile_transport_cost`).
+        backend: ``"auto"``, ``"fused"``, ``"geomloss"`` or ``"exact1d"``.
 
     Example:
         >>> import torch
@@ -275,6 +525,9 @@ class SinkhornFairnessLoss(nn.Module):
         >>> total.backward()
         >>> values.grad.shape
         torch.Size([4])
+        >>> sinkhorn = SinkhornFairnessLoss()  # backend="auto": "fused" on CPU
+        >>> round(sinkhorn(values, groups).item(), 1)  # exact1d's total is 1.75
+        1.7
     """
 
     def __init__(
@@ -283,7 +536,7 @@ class SinkhornFairnessLoss(nn.Module):
         p: int = 2,
         scaling: float = DEFAULT_SCALING,
         min_group_size: int = 2,
-        backend: str = "geomloss",
+        backend: SinkhornBackend = "auto",
     ) -> None:
         super().__init__()
         if not (isinstance(blur, (int, float)) and blur > 0):
@@ -294,8 +547,10 @@ class SinkhornFairnessLoss(nn.Module):
             raise ValueError(f"scaling must be in (0, 1), got {scaling!r}")
         if not (isinstance(min_group_size, int) and min_group_size >= 1):
             raise ValueError(f"min_group_size must be an integer >= 1, got {min_group_size!r}")
-        if backend not in ("geomloss", "exact1d"):
-            raise ValueError(f"backend must be 'geomloss' or 'exact1d', got {backend!r}")
+        if backend not in ("auto", "fused", "geomloss", "exact1d"):
+            raise ValueError(
+                f"backend must be 'auto', 'fused', 'geomloss' or 'exact1d', got {backend!r}"
+            )
         self.blur = float(blur)
         self.p = p
         self.scaling = float(scaling)
@@ -308,120 +563,16 @@ class SinkhornFairnessLoss(nn.Module):
             f"min_group_size={self.min_group_size}"
         )
 
-    def _layout(self, groups: Mapping[str, Tensor], b: int, device: torch.device) -> _Layout:
-        """Usable groups of all attributes at once: names, ``(G, B)`` membership and sizes."""
-        attrs = list(groups)
-        if not attrs or b == 0:
-            return _Layout([], None, [])
-        ids = torch.stack([groups[a].to(device=device, dtype=torch.int64) for a in attrs])
-        lo_hi = torch.stack([ids.amin(dim=1), ids.amax(dim=1)]).tolist()  # one host sync
-        for attr, lo in zip(attrs, lo_hi[0], strict=True):
-            if lo < -1:
-                raise ValueError(
-                    f"groups[{attr!r}] holds id {lo}; ids must be >= 0, or -1 for unknown"
-                )
-        span = max(lo_hi[1]) + 1
-        if span <= 0:
-            return _Layout([], None, [])
-        # One key per (attribute, group id); unknowns (-1) get key -1. Sorted unique keys list the
-        # attributes in dict order and the ids of each in ascending order.
-        offsets = torch.arange(len(attrs), device=device).unsqueeze(1) * span
-        keys = torch.where(ids >= 0, ids + offsets, -1)
-        present, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
-        names: list[str] = []
-        sizes: list[int] = []
-        slots: list[int] = []
-        for key, count in zip(present.tolist(), counts.tolist(), strict=True):
-            if key >= 0 and count >= self.min_group_size:
-                slots.append(len(names))
-                names.append(f"{attrs[key // span]}/{key % span}")
-                sizes.append(count)
-            else:
-                slots.append(-1)
-        if not names:
-            return _Layout([], None, [])
-        slot = torch.tensor(slots, device=device)[inverse]  # (A, B): usable group or -1
-        member = (slot.unsqueeze(-1) == torch.arange(len(names), device=device)).any(dim=0)
-        return _Layout(names, member.T.contiguous(), sizes)  # (G, B) bool
-
-    def _exact_terms(self, values: Tensor, layout: _Layout) -> Tensor:
-        r"""All groups' :math:`\tfrac1p W_p^p` to the batch in one batched quantile integration.
-
-        Row ``g`` holds group ``g``'s sorted values padded to ``B``; the merged breakpoints
-        ``k * B`` (group) and ``j * n_g`` (batch) over the denominator ``n_g * B`` are sorted per
-        row (unused slots sort last with width 0), exactly as :func:`quantile_transport_cost`
-        does for one group.
-        """
-        assert layout.member is not None
-        b = values.numel()
-        device = values.device
-        ys, order = torch.sort(values)
-        n = torch.tensor(layout.sizes, device=device)  # (G,)
-        member = layout.member.index_select(1, order)  # (G, B) in sorted order
-        pos = torch.arange(b, device=device)
-        # Members first (ascending value), then the others: group g's sorted values in row g.
-        slots = torch.sort(torch.where(member, pos, pos + b), dim=1).values
-        xs = ys.index_select(0, (slots % b).flatten()).view(slots.shape)  # (G, B)
-        k = pos + 1
-        x_cuts = torch.where(k <= n.unsqueeze(1), k * b, b * b + 1)  # unused: sorted last
-        y_cuts = k * n.unsqueeze(1)
-        cuts = torch.sort(torch.cat([x_cuts, y_cuts], dim=1), dim=1).values  # (G, 2B)
-        valid = cuts <= (n * b).unsqueeze(1)
-        widths = torch.diff(cuts, dim=1, prepend=cuts.new_zeros(cuts.shape[0], 1))
-        widths = torch.where(valid, widths, 0).to(values.dtype) / (n * b).unsqueeze(1)
-        xi = ((cuts - 1) // b).clamp(max=b - 1)
-        yi = ((cuts - 1) // n.unsqueeze(1)).clamp(max=b - 1)
-        diff = xs.gather(1, xi) - ys.index_select(0, yi.flatten()).view(yi.shape)
-        cost = diff.abs() if self.p == 1 else diff * diff
-        return (widths * cost).sum(dim=1) / self.p
-
-    def _geomloss_terms(self, values: Tensor, layout: _Layout) -> Tensor:
-        r"""All groups' debiased Sinkhorn divergences in one batched GeomLoss iteration.
-
-        Every group is a reweighting of the batch (weights ``1/n_g`` on members, 0 elsewhere),
-        so all measures live on the same ``B`` points and share one cost matrix;
-        :func:`_symmetric_sinkhorn` runs GeomLoss's symmetric loop on all of them at once and
-        the debiased divergence is assembled from the potentials as in GeomLoss's
-        ``sinkhorn_cost``. Values are first mapped to ``[0, 1]`` (``blur`` with them), which
-        leaves the divergence unchanged up to the factor ``scale**p`` and keeps the cost
-        matrix far from float32 overflow.
-        """
-        assert layout.member is not None
-        epsilon_schedule = _epsilon_schedule()
-        lo, hi = torch.aminmax(values.detach())
-        span = (hi - lo).item()
-        if span != span or span == float("inf"):
-            raise ValueError("values contain NaN or infinity")
-        scale = max(span, self.blur)  # today's ``diameter``: identical values do not crash
-        if (scale / self.blur) ** self.p > _MAX_RESOLUTION:
-            raise ValueError(
-                f"values span {span:.3g}, {scale / self.blur:.3g} times blur={self.blur:g}: "
-                f"GeomLoss in float32 cannot resolve costs that far apart (limit "
-                f"{_MAX_RESOLUTION ** (1 / self.p):.3g} times blur); use a larger blur or "
-                "backend='exact1d'"
-            )
-        z = (values - lo) / scale
-        blur = self.blur / scale
-        b = z.numel()
-        diff = z.unsqueeze(1) - z.detach().unsqueeze(0)  # C(x_i, y_j) with y detached, as GeomLoss
-        if self.p == 2:
-            cost = diff * diff / 2
-        else:
-            cost = torch.sqrt(torch.clamp_min(diff * diff, 1e-8 / (scale * scale)))
-        member_w = layout.member.to(z.dtype) / torch.tensor(
-            layout.sizes, device=z.device, dtype=z.dtype
-        ).unsqueeze(1)
-        batch_log = z.new_full((1, b), -math.log(b))
-        # Python floats: GeomLoss's schedule holds NumPy scalars, and every tensor op with one
-        # first copies it into a tensor (a third of all operations of the loop).
-        eps_list = [float(e) for e in epsilon_schedule(self.p, 1.0, blur, self.scaling)]
-        per_call = max(1, _MAX_BATCHED_ELEMENTS // (3 * b * b))
-        out: list[Tensor] = []
-        for start in range(0, member_w.shape[0], per_call):
-            a = member_w[start : start + per_call]
-            f_ab, g_ab, f_aa, g_bb = _symmetric_sinkhorn(cost, a, batch_log, eps_list)
-            out.append((a * (f_ab - f_aa)).sum(dim=1) + (g_ab - g_bb).mean(dim=1))
-        return torch.cat(out) * scale**self.p
+    def _terms(self, vals: Tensor, layout: _Layout) -> Tensor:
+        backend = auto_backend(vals.device) if self.backend == "auto" else self.backend
+        if backend == "exact1d":
+            if not torch.isfinite(vals).all():
+                raise ValueError("values contain NaN or infinity")
+            return _exact_terms(vals, layout, self.p)
+        weights = _layout_weights(layout, vals.dtype)
+        if backend == "geomloss":
+            return _geomloss_divergences(vals, weights, self.blur, self.p, self.scaling)
+        return sinkhorn_divergences(vals, weights, self.blur, self.p, self.scaling)
 
     def forward(
         self,
@@ -467,15 +618,8 @@ class SinkhornFairnessLoss(nn.Module):
         dtype = torch.promote_types(values.dtype, torch.float32)
         with torch.autocast(device_type=values.device.type, enabled=False):
             vals = values.to(dtype)
-            layout = self._layout(groups, vals.numel(), vals.device)
-            if layout.names and self.backend == "geomloss":
-                term_values = self._geomloss_terms(vals, layout)
-            elif layout.names:
-                if not torch.isfinite(vals).all():
-                    raise ValueError("values contain NaN or infinity")
-                term_values = self._exact_terms(vals, layout)
-            else:
-                term_values = None
+            layout = _group_layout(groups, vals.numel(), vals.device, self.min_group_size)
+            term_values = self._terms(vals, layout) if layout.names else None
             if term_values is None:
                 terms: dict[str, Tensor] = {}
                 total = vals.sum() * 0.0

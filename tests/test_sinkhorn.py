@@ -1,4 +1,4 @@
-"""SinkhornFairnessLoss and the exact 1-D path against closed forms, scipy and GeomLoss itself."""
+"""SinkhornFairnessLoss and its backends against closed forms, scipy and GeomLoss itself."""
 
 from __future__ import annotations
 
@@ -9,12 +9,19 @@ from geomloss import SamplesLoss
 from scipy.optimize import linprog
 from scipy.stats import wasserstein_distance
 
+from fairvlm_lightning import sinkhorn as sinkhorn_module
 from fairvlm_lightning.sinkhorn import (
     DEFAULT_BLUR,
     DEFAULT_SCALING,
     SinkhornFairnessLoss,
+    auto_backend,
+    epsilon_schedule,
+    group_weights,
     quantile_transport_cost,
+    sinkhorn_divergences,
 )
+
+SINKHORN_BACKENDS = ["fused", "geomloss"]
 
 
 @pytest.fixture(autouse=True)
@@ -110,8 +117,9 @@ def _direct_geomloss(values, groups, blur, scaling, min_size=2):
     return terms
 
 
+@pytest.mark.parametrize("backend", SINKHORN_BACKENDS)
 @pytest.mark.parametrize("blur,scaling", [(1e-2, 0.9), (1e-4, 0.5)])
-def test_batched_geomloss_equals_per_group_calls(blur, scaling):
+def test_batched_geomloss_equals_per_group_calls(blur, scaling, backend):
     # float64: the batched solve on the batch's support is the same computation as one call per
     # group. GeomLoss builds |x-y|^2 as x^2 + y^2 - 2xy, the batched path as (x-y)^2: the last
     # digits differ, and C / eps at blur=1e-4 amplifies that to ~1e-11 in the gradients. (In
@@ -119,7 +127,8 @@ def test_batched_geomloss_equals_per_group_calls(blur, scaling):
     values, groups = _batch(48, seed=1)
     values = values.double()
     v1 = values.clone().requires_grad_(True)
-    total, terms = SinkhornFairnessLoss(blur=blur, scaling=scaling)(v1, groups, return_terms=True)
+    fn = SinkhornFairnessLoss(blur=blur, scaling=scaling, backend=backend)
+    total, terms = fn(v1, groups, return_terms=True)
     total.backward()
     v2 = values.clone().requires_grad_(True)
     ref = _direct_geomloss(v2, groups, blur, scaling)
@@ -131,10 +140,11 @@ def test_batched_geomloss_equals_per_group_calls(blur, scaling):
     torch.testing.assert_close(v1.grad, v2.grad, atol=1e-9, rtol=1e-7)
 
 
-def test_batched_geomloss_float32_default_settings():
+@pytest.mark.parametrize("backend", SINKHORN_BACKENDS)
+def test_batched_geomloss_float32_default_settings(backend):
     values, groups = _batch(48, seed=1)
     v1 = values.clone().requires_grad_(True)
-    total = SinkhornFairnessLoss()(v1, groups)
+    total = SinkhornFairnessLoss(backend=backend)(v1, groups)
     total.backward()
     v2 = values.clone().requires_grad_(True)
     ref = sum(_direct_geomloss(v2, groups, DEFAULT_BLUR, DEFAULT_SCALING).values())
@@ -198,7 +208,7 @@ def test_shift_both_backends_against_independent_references(c):
     assert total.item() == pytest.approx(sum(r.item() for r in ref.values()), rel=1e-10)
 
 
-@pytest.mark.parametrize("backend", ["geomloss", "exact1d"])
+@pytest.mark.parametrize("backend", ["fused", "geomloss", "exact1d"])
 def test_term_names_unknowns_and_min_group_size(backend):
     values = torch.tensor([0.1, 0.5, 0.9, 1.3, 2.0, 2.5, 3.0])
     groups = {
@@ -219,7 +229,7 @@ def test_term_names_unknowns_and_min_group_size(backend):
     assert sorted(terms1) == ["race/0", "race/1", "race/2"]
 
 
-@pytest.mark.parametrize("backend", ["geomloss", "exact1d"])
+@pytest.mark.parametrize("backend", ["fused", "geomloss", "exact1d"])
 def test_no_usable_group_returns_zero_with_grad(backend):
     values = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     groups = {"race": torch.tensor([0, 1, -1])}
@@ -230,7 +240,7 @@ def test_no_usable_group_returns_zero_with_grad(backend):
     assert SinkhornFairnessLoss(backend=backend)(torch.zeros(0), {}).item() == 0.0
 
 
-@pytest.mark.parametrize("backend", ["geomloss", "exact1d"])
+@pytest.mark.parametrize("backend", ["fused", "geomloss", "exact1d"])
 def test_identical_values_do_not_crash(backend):
     values = torch.full((8,), 2.5, requires_grad=True)
     groups = {"gender": torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])}
@@ -271,7 +281,7 @@ def test_bad_inputs():
         fn(v, {"race": torch.tensor([0, 0, 1])})
     with pytest.raises(ValueError, match="holds id -2"):
         fn(v, {"race": torch.tensor([0, 0, -2, 1])})
-    for backend in ("geomloss", "exact1d"):
+    for backend in ("fused", "geomloss", "exact1d"):
         with pytest.raises(ValueError, match="NaN or infinity"):
             SinkhornFairnessLoss(backend=backend)(torch.tensor([0.0, float("nan"), 1, 2]), ok)
     for kwargs, match in [
@@ -408,7 +418,7 @@ def _aten_ops(fn, values, groups) -> int:
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
 
-@pytest.mark.parametrize("backend", ["exact1d", "geomloss"])
+@pytest.mark.parametrize("backend", ["exact1d", "fused"])
 def test_operation_count_does_not_grow_with_groups(backend):
     values, _ = _batch(48, seed=3)
     g = torch.Generator().manual_seed(3)
@@ -440,10 +450,12 @@ def test_softmin_equals_geomloss_softmin_tensorized():
             torch.testing.assert_close(_softmin(eps, c, h), ref, rtol=1e-12, atol=1e-12)
 
 
-def test_geomloss_leaves_grad_mode_alone():
+@pytest.mark.parametrize("backend", SINKHORN_BACKENDS)
+def test_geomloss_leaves_grad_mode_alone(backend):
     values, groups = _batch(16, seed=0)
+    values.requires_grad_(True)
     with torch.no_grad():
-        out = SinkhornFairnessLoss()(values, groups)
+        out = SinkhornFairnessLoss(backend=backend)(values, groups)
         assert not torch.is_grad_enabled()  # GeomLoss's loop switches it on when it returns
     assert torch.is_grad_enabled() and not out.requires_grad
 
@@ -471,3 +483,175 @@ def test_geomloss_huge_values_rescaled_or_clear_error():
     assert out.item() == pytest.approx(exact, rel=0.1)
     with pytest.raises(ValueError, match=r"values span 2\.\d+e\+18.*cannot resolve.*exact1d"):
         SinkhornFairnessLoss()(big, groups)
+
+
+# ------------------------------------------------------------ backends named for what runs
+@pytest.mark.parametrize(
+    "p,diameter,blur,scaling",
+    [(2, 1.0, 1e-2, 0.95), (2, 1.0, 1e-4, 0.5), (1, 3.7, 0.05, 0.9), (2, 0.3, 0.29, 0.5)]
+    + [(2, 1.0, 1e-2 / s, 0.95) for s in (0.37, 1.9, 4.4, 17.0)],
+)
+def test_epsilon_schedule_equals_geomloss(p, diameter, blur, scaling):
+    # GeomLoss's own schedule (from its private module: in the test only); bit for bit, so the
+    # fused backend runs exactly the iterations it ran when it imported GeomLoss's function.
+    from geomloss._legacy.sinkhorn_divergence import epsilon_schedule as geomloss_schedule
+
+    ours = epsilon_schedule(p, diameter, blur, scaling)
+    ref = [float(e) for e in geomloss_schedule(p, diameter, blur, scaling)]
+    assert ours == ref and all(type(e) is float for e in ours)
+
+
+def test_no_private_geomloss_module_imported():
+    import inspect
+
+    assert "_legacy" not in inspect.getsource(sinkhorn_module)
+
+
+def test_geomloss_backend_calls_samplesloss_once_for_all_groups(monkeypatch):
+    import geomloss
+
+    calls = []
+    real = geomloss.SamplesLoss
+
+    class Spy(real):
+        def forward(self, *args):
+            calls.append((self.loss, self.backend, self.debias, [tuple(a.shape) for a in args]))
+            return super().forward(*args)
+
+    monkeypatch.setattr(geomloss, "SamplesLoss", Spy)
+    values, groups = _fairvlmed_like(32, seed=4, dtype=torch.float32)
+    total, terms = SinkhornFairnessLoss(backend="geomloss")(values, groups, return_terms=True)
+    g = len(terms)
+    assert g >= 8
+    assert calls == [("sinkhorn", "tensorized", True, [(g, 32), (g, 32, 1), (g, 32), (g, 32, 1)])]
+    calls.clear()
+    SinkhornFairnessLoss(backend="fused")(values, groups)
+    SinkhornFairnessLoss()(values, groups)  # auto on CPU: fused
+    assert calls == []
+
+
+def test_fused_and_geomloss_equal_direct_samplesloss_all_attributes():
+    # Four attributes, unknowns, int16/int32 ids: both backends against one plain SamplesLoss call
+    # per group, value to 1e-6 relative and gradient (float64).
+    values, groups = _fairvlmed_like(40, seed=12)
+    ref_v = values.clone().requires_grad_(True)
+    ref = _direct_geomloss(ref_v, groups, DEFAULT_BLUR, DEFAULT_SCALING)
+    sum(ref.values()).backward()
+    for backend in SINKHORN_BACKENDS:
+        v = values.clone().requires_grad_(True)
+        total, terms = SinkhornFairnessLoss(backend=backend)(v, groups, return_terms=True)
+        total.backward()
+        assert list(terms) == list(ref), backend
+        for name in ref:
+            torch.testing.assert_close(terms[name], ref[name], rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(v.grad, ref_v.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_auto_backend_is_fused_on_cpu_bit_for_bit():
+    values, groups = _fairvlmed_like(48, seed=13, dtype=torch.float32)
+    outs = []
+    for backend in ("auto", "fused"):
+        v = values.clone().requires_grad_(True)
+        total = SinkhornFairnessLoss(backend=backend)(v, groups)
+        total.backward()
+        outs.append((total, v.grad))
+    assert auto_backend("cpu") == "fused" and auto_backend(torch.device("cuda", 0)) == "fused"
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_geomloss_uses_keops_online_on_cuda_only_when_installed(monkeypatch):
+    monkeypatch.setattr(sinkhorn_module, "_keops_available", lambda: True)
+    assert sinkhorn_module._samples_backend(torch.device("cuda")) == "online"
+    assert sinkhorn_module._samples_backend(torch.device("cpu")) == "tensorized"
+    monkeypatch.setattr(sinkhorn_module, "_keops_available", lambda: False)
+    assert sinkhorn_module._samples_backend(torch.device("cuda")) == "tensorized"
+
+
+# ------------------------------------------------ the term without host syncs (capturable)
+def test_group_weights_and_fixed_diameter_equal_the_module():
+    values, groups = _fairvlmed_like(32, seed=14, dtype=torch.float32)
+    names, w = group_weights(groups)
+    total, terms = SinkhornFairnessLoss(backend="fused")(values, groups, return_terms=True)
+    assert names == list(terms)
+    np.testing.assert_allclose(w.sum(dim=1).numpy(), 1.0, rtol=1e-6)
+    for name, row in zip(names, w, strict=True):
+        attr, gid = name.split("/")
+        member = (groups[attr] == int(gid)).float()
+        torch.testing.assert_close(row, member / member.sum())
+    span = (values.max() - values.min()).item()
+    static = sinkhorn_divergences(values, w, diameter=span)
+    torch.testing.assert_close(static, torch.stack(list(terms.values())), rtol=0, atol=0)
+    # A looser fixed bound: a different (longer) schedule, the same divergence up to its error.
+    loose = sinkhorn_divergences(values, w, diameter=2 * span)
+    torch.testing.assert_close(loose, static, rtol=0.05, atol=1e-4)
+    with pytest.raises(ValueError, match="diameter= 1e\\+20"):
+        sinkhorn_divergences(values, w, diameter=1e20)
+
+
+def _count_aten_ops(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+# aten operations of one forward + backward of the term, 4 attributes / 10 groups, B = 32,
+# default blur and scaling (a kernel launch each on a GPU, unless captured). Measured: fused
+# 1,208 through the module (group layout included), 1,189 with a fixed layout and diameter;
+# exact1d 83. The guards leave ~10 % margin.
+OP_GUARDS = {"module_fused": 1880, "static_fused": 1880, "module_exact1d": 112}
+
+
+def _bench_like_batch(b: int = 32):
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(b, generator=g) * 3
+    sizes = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
+    groups = {a: torch.arange(b) % n for a, n in sizes.items()}  # every group present: 10
+    return values, groups
+
+
+@pytest.mark.parametrize("case", sorted(OP_GUARDS))
+def test_operation_count_guard(case):
+    values, groups = _bench_like_batch()
+    names, w = group_weights(groups)
+    assert len(names) == 10
+    v = values.clone().requires_grad_(True)
+    if case == "static_fused":
+        run = lambda: sinkhorn_divergences(v, w, diameter=3.0).sum().backward()  # noqa: E731
+    else:
+        fn = SinkhornFairnessLoss(backend=case.removeprefix("module_"))
+        run = lambda: fn(v, groups).backward()  # noqa: E731
+    n = _count_aten_ops(run)
+    print(f"{case}: {n} aten ops")
+    assert n <= OP_GUARDS[case]
+
+
+def test_fixed_layout_term_compiles_as_one_graph():
+    # fullgraph=True fails on any graph break (.item(), data-dependent shapes, host syncs). The
+    # aot_eager backend traces forward and backward like inductor, without compiling C++.
+    torch._dynamo.reset()
+    values, groups = _bench_like_batch(16)
+    _, w = group_weights(groups)
+    blur, scaling = 0.05, 0.5  # a short schedule: tracing time grows with its length
+
+    def term(v):
+        return sinkhorn_divergences(v, w, blur=blur, scaling=scaling, diameter=3.0).sum()
+
+    compiled = torch.compile(term, fullgraph=True, backend="aot_eager")
+    v1 = values.clone().requires_grad_(True)
+    out = compiled(v1)
+    out.backward()
+    v2 = values.clone().requires_grad_(True)
+    ref = term(v2)
+    ref.backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(v1.grad, v2.grad)
+    torch._dynamo.reset()
