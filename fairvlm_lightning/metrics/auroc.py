@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from fairvlm_lightning.metrics._base import _GroupSampleMetric
+from fairvlm_lightning.metrics.functional._multitask import Task, _multitask_group_auroc
 from fairvlm_lightning.metrics.functional.auroc import (
     _group_auroc_arg_validation,
     _group_auroc_compute,
@@ -28,6 +29,12 @@ class GroupAUROC(_GroupSampleMetric):
 
     Args:
         num_groups: number of groups G (at least 2).
+        task: ``"binary"`` (scores ``P(y=1)``, labels 0/1), ``"multiclass"`` (``(N, C)`` class
+            probabilities, ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities
+            and 0/1 labels); groups are ``(N,)``. Multi-column rules: see
+            :func:`~fairvlm_lightning.metrics.functional.fairness_metrics`.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member (must not be a valid id).
         validate_args: check shapes, dtypes and value ranges in ``update`` (costs a device sync;
             constructor arguments are always checked).
@@ -48,9 +55,17 @@ class GroupAUROC(_GroupSampleMetric):
     plot_upper_bound = 1.0
 
     def __init__(
-        self, num_groups: int, *, ignore_index: int = -1, validate_args: bool = True, **kwargs: Any
+        self,
+        num_groups: int,
+        *,
+        task: Task = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        ignore_index: int = -1,
+        validate_args: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(task, num_classes, num_labels, **kwargs)
         _group_auroc_arg_validation(num_groups, ignore_index)
         self.num_groups = num_groups
         self.ignore_index = ignore_index
@@ -59,7 +74,9 @@ class GroupAUROC(_GroupSampleMetric):
     def compute(self) -> Tensor:
         """Return the ``(num_groups,)`` float64 tensor of group AUCs (NaN where undefined)."""
         preds, target, groups = self._samples()
-        return _group_auroc_compute(preds, target, groups, self.num_groups)[1]
+        if self.task == "binary":
+            return _group_auroc_compute(preds, target, groups, self.num_groups)[1]
+        return _multitask_group_auroc(preds, target, groups, self.num_groups, self.task)[1]
 
     def plot(
         self,

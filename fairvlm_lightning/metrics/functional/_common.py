@@ -266,6 +266,53 @@ def _auroc_from_sorted(
     return torch.where(denom > 0, auc, torch.full_like(auc, float("nan")))
 
 
+def _weighted_auroc(
+    block: Tensor, y: Tensor, weights: Tensor, groups: Tensor | None, num_groups: int
+) -> Tensor:
+    """Batched :func:`_auroc_from_sorted` with per-sample multiplicities ``weights`` (B, n).
+
+    ``block``, ``y``, ``groups`` are in ascending score order; returns ``(B, G)`` (``(B, 1)``
+    without groups), NaN where a replicate's group lacks a class.
+    """
+    b = weights.shape[0]
+    device = weights.device
+    if groups is None:
+        run = block
+        run_group = torch.zeros(int(block[-1]) + 1, dtype=torch.int64, device=device)
+        width = 1
+        w = weights
+        yy = y
+    else:
+        g = torch.where(groups < 0, num_groups, groups.to(torch.int64))
+        g, perm = torch.sort(g, stable=True)
+        bl = block[perm]
+        yy = y[perm]
+        w = weights[:, perm]
+        new = torch.ones(bl.numel(), dtype=torch.bool, device=device)
+        new[1:] = (bl[1:] != bl[:-1]) | (g[1:] != g[:-1])
+        run = torch.cumsum(new, 0) - 1
+        run_group = g[new]
+        width = num_groups + 1
+    num_runs = int(run[-1]) + 1
+    pos_w = w * yy
+    neg_w = w - pos_w
+    index = run.expand(b, -1)
+    pos = torch.zeros(b, num_runs, dtype=torch.int64, device=device).scatter_add_(1, index, pos_w)
+    neg = torch.zeros(b, num_runs, dtype=torch.int64, device=device).scatter_add_(1, index, neg_w)
+    zeros = torch.zeros(b, width, dtype=torch.int64, device=device)
+    neg_g = zeros.index_add(1, run_group, neg)
+    pos_g = zeros.index_add(1, run_group, pos)
+    neg_before_group = torch.cumsum(neg_g, 1) - neg_g
+    neg_below = torch.cumsum(neg, 1) - neg - neg_before_group[:, run_group]
+    twice_u = zeros.index_add(1, run_group, pos * (2 * neg_below + neg))
+    if groups is not None:
+        keep = slice(0, num_groups)
+        twice_u, pos_g, neg_g = twice_u[:, keep], pos_g[:, keep], neg_g[:, keep]
+    denom = 2 * pos_g * neg_g
+    auc = twice_u.to(torch.float64) / denom.clamp(min=1).to(torch.float64)
+    return torch.where(denom > 0, auc, torch.full_like(auc, float("nan")))
+
+
 def _outcome(preds: Tensor, target: Tensor, threshold: float) -> Tensor:
     """``2 * y + y_hat`` per sample (int64), the cell of the 2x2 confusion matrix."""
     return target.to(torch.int64) * 2 + (preds >= threshold)
