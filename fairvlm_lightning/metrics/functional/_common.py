@@ -212,7 +212,9 @@ def _auroc_from_sorted(
     ranked correctly plus one half per tie (the Mann-Whitney statistic, identical to the area
     under scikit-learn's ROC curve, which joins tied scores by one straight segment).
 
-    The sorted samples are partitioned by group with a stable (radix) sort of the small integer
+    When there are few tie blocks (at most ``2 n / (G + 1)``, e.g. scores on a grid) the counts
+    of every ``(block, group, label)`` cell come from one dense ``bincount``. Otherwise the
+    sorted samples are partitioned by group with a stable (radix) sort of the small integer
     ids, which keeps the score order inside each group; tie blocks are then runs of equal
     ``(group, block)``. Counting is done in int64 and only the final division in float64.
 
@@ -237,6 +239,19 @@ def _auroc_from_sorted(
         neg_below = torch.cumsum(neg, 0) - neg
         twice_u = (pos * (2 * neg_below + neg)).sum().reshape(1)
         pos_g, neg_g = pos.sum().reshape(1), neg.sum().reshape(1)
+    elif block.numel() and (int(block[-1]) + 1) * (num_groups + 1) <= 2 * block.numel():
+        # few tie blocks (scores on a grid): count (tie block, group, label) cells densely, no
+        # second sort; unknown members (-1) go to an extra bucket G, dropped at the end
+        num_blocks = int(block[-1]) + 1
+        g = groups_sorted.to(torch.int64)
+        g = torch.where(g < 0, num_groups, g)
+        key = (block * (num_groups + 1) + g) * 2 + y
+        counts = torch.bincount(key, minlength=num_blocks * (num_groups + 1) * 2)
+        counts = counts.view(num_blocks, num_groups + 1, 2)
+        neg, pos = counts[..., 0], counts[..., 1]
+        neg_below = torch.cumsum(neg, 0) - neg
+        twice_u = (pos * (2 * neg_below + neg)).sum(0)[:num_groups]
+        pos_g, neg_g = pos.sum(0)[:num_groups], neg.sum(0)[:num_groups]
     else:
         # unknown members (-1) go to an extra bucket G, dropped at the end; int32 radix sort
         g32 = groups_sorted.to(torch.int32)

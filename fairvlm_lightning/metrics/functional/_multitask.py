@@ -173,14 +173,27 @@ def _columns(preds: Tensor, target: Tensor, task: str, threshold: float) -> tupl
 # ------------------------------------------------------------------------------------------------
 # per-column statistics
 # ------------------------------------------------------------------------------------------------
-def _column_confmats(y: Tensor, y_hat: Tensor, groups: Tensor, num_groups: int) -> Tensor:
-    """``(K, G + 1, 2, 2)`` confusion matrices ``[column, group, y, y_hat]`` (last: unknown)."""
+def _outcome_columns(y: Tensor, y_hat: Tensor) -> Tensor:
+    """``(N, K)`` int32 codes ``4 * column + 2 * y + y_hat`` (the column's 2x2 cell)."""
+    col = torch.arange(y.shape[1], device=y.device, dtype=torch.int32) * 4
+    return (y.to(torch.int32) * 2 + y_hat.to(torch.int32)) + col
+
+
+def _column_confmats(
+    y: Tensor, y_hat: Tensor, groups: Tensor, num_groups: int, outcome: Tensor | None = None
+) -> Tensor:
+    """``(K, G + 1, 2, 2)`` confusion matrices ``[column, group, y, y_hat]`` (last: unknown).
+
+    ``outcome`` is :func:`_outcome_columns` of ``y``, ``y_hat`` when already at hand.
+    """
     k = y.shape[1]
-    g = groups.to(torch.int64)
+    if outcome is None:
+        outcome = _outcome_columns(y, y_hat)
+    g = groups.to(torch.int32)
     g = torch.where(g < 0, num_groups, g)
-    col = torch.arange(k, device=y.device)
-    key = ((col * (num_groups + 1) + g[:, None]) * 4 + y * 2 + y_hat.to(torch.int64)).reshape(-1)
-    return torch.bincount(key, minlength=k * (num_groups + 1) * 4).view(k, num_groups + 1, 2, 2)
+    key = (g[:, None] * (4 * k) + outcome).reshape(-1)
+    counts = torch.bincount(key, minlength=(num_groups + 1) * k * 4)
+    return counts.view(num_groups + 1, k, 2, 2).transpose(0, 1)
 
 
 def _column_stats(
@@ -203,18 +216,22 @@ def _column_stats(
         torch.empty(k, n, dtype=torch.float64, device=preds.device) for n in counts
     ]
     if with_auc:
+        scores, labels = preds.t().contiguous(), y.t().contiguous()  # one column per row
+        group_columns = groups.t().contiguous()
         for c in range(k):
-            order, block = _sort_scores(preds[:, c])
-            y_sorted = y[:, c].index_select(0, order)
+            order, block = _sort_scores(scores[c])
+            y_sorted = labels[c].index_select(0, order)
             aucs[c] = _auroc_from_sorted(block, y_sorted, None, 1)[0]
-            groups_sorted = groups.index_select(0, order)
             for a, n in enumerate(counts):
-                group_aucs[a][c] = _auroc_from_sorted(block, y_sorted, groups_sorted[:, a], n)
-    confmats = (
-        [_column_confmats(y, y_hat, groups[:, a], n)[None] for a, n in enumerate(counts)]
-        if with_confmat
-        else []
-    )
+                g_sorted = group_columns[a].index_select(0, order)
+                group_aucs[a][c] = _auroc_from_sorted(block, y_sorted, g_sorted, n)
+    confmats = []
+    if with_confmat:
+        outcome = _outcome_columns(y, y_hat)
+        confmats = [
+            _column_confmats(y, y_hat, groups[:, a], n, outcome)[None]
+            for a, n in enumerate(counts)
+        ]
     return aucs[None], [g[None] for g in group_aucs], confmats
 
 
