@@ -85,10 +85,12 @@ class GroupAUROC(_GroupSampleMetric):
         *,
         group_names: Sequence[str] | None = None,
     ) -> tuple[Any, Any]:
-        """Plot the per-group AUROC, like torchmetrics' ``Metric.plot``.
+        """Plot the per-group AUROC with torchmetrics' plotting utilities.
 
-        A single value (default: :meth:`compute`) is drawn as one bar per group (an undefined
-        group is marked ``n/a``); a sequence of values (e.g. one per epoch) as one line per group.
+        A single value (default: :meth:`compute`) is drawn as one labelled point per group (an
+        undefined group is marked ``n/a``); a sequence of values (e.g. one per epoch) as one line
+        per group. Bounds, the optimal-value mark and the style are torchmetrics'
+        (:func:`torchmetrics.utilities.plot.plot_single_or_multi_val`).
 
         Args:
             val: a ``(num_groups,)`` result or a sequence of them; ``None`` computes the metric.
@@ -101,15 +103,24 @@ class GroupAUROC(_GroupSampleMetric):
         Raises:
             ImportError: if matplotlib (an optional dependency) is not installed.
             ValueError: if ``group_names`` or ``val`` do not have ``num_groups`` entries.
+
+        Example:
+            >>> import torch
+            >>> metric = GroupAUROC(num_groups=2)
+            >>> fig, ax = metric.plot(torch.tensor([0.7, 0.8]), group_names=["Female", "Male"])
+            >>> [line.get_label() for line in ax.get_lines()]
+            ['Female', 'Male']
         """
         try:
-            import matplotlib.pyplot as plt
+            import matplotlib  # noqa: F401
         except ImportError as err:
             raise ImportError(
                 "GroupAUROC.plot needs matplotlib, an optional dependency: install it with "
                 "`pip install matplotlib` (or `pip install -e '.[plot]'` in the fairvlm-lightning "
                 "checkout)."
             ) from err
+        from torchmetrics.utilities.plot import plot_single_or_multi_val
+
         names = (
             list(group_names)
             if group_names is not None
@@ -128,26 +139,24 @@ class GroupAUROC(_GroupSampleMetric):
             raise ValueError(
                 f"`val` must hold {self.num_groups} group values, got shape {tuple(values.shape)}"
             )
-        if ax is None:
-            fig, ax = plt.subplots()
-        else:
+        single = values.shape[0] == 1
+        data: dict[str, Tensor] | list[dict[str, Tensor]] = (
+            {name: values[0, g] for g, name in enumerate(names)}
+            if single
+            else [{name: row[g] for g, name in enumerate(names)} for row in values]
+        )
+        fig, ax = plot_single_or_multi_val(
+            data,
+            ax=ax,
+            higher_is_better=self.higher_is_better,
+            lower_bound=self.plot_lower_bound,
+            upper_bound=self.plot_upper_bound,
+            name=type(self).__name__,
+        )
+        if fig is None:
             fig = ax.get_figure()
-        if values.shape[0] == 1:
-            heights = values[0]
-            defined = ~torch.isnan(heights)
-            positions = list(range(self.num_groups))
-            ax.bar(positions, torch.nan_to_num(heights, nan=0.0).tolist(), tick_label=names)
-            for x, ok in zip(positions, defined.tolist(), strict=True):
-                if not ok:
-                    ax.text(x, 0.02, "n/a", ha="center", va="bottom")
-            ax.set_xlabel("group")
-        else:
-            steps = list(range(values.shape[0]))
-            for g, name in enumerate(names):
-                ax.plot(steps, values[:, g].tolist(), marker="o", label=name)
-            ax.set_xlabel("step")
-            ax.legend()
-        ax.set_ylim(self.plot_lower_bound, self.plot_upper_bound)
-        ax.set_ylabel("AUROC")
-        ax.set_title(type(self).__name__)
+        if single:
+            for g, value in enumerate(values[0].tolist()):
+                if value != value:  # NaN: the group's AUC is undefined
+                    ax.text(g, self.plot_lower_bound + 0.02, "n/a", ha="center", va="bottom")
         return fig, ax
