@@ -145,7 +145,8 @@ class GroupAUROC(_GroupSampleMetric):
             if single
             else [{name: row[g] for g, name in enumerate(names)} for row in values]
         )
-        fig, ax = plot_single_or_multi_val(
+        axes: Any
+        fig, axes = plot_single_or_multi_val(
             data,
             ax=ax,
             higher_is_better=self.higher_is_better,
@@ -154,9 +155,9 @@ class GroupAUROC(_GroupSampleMetric):
             name=type(self).__name__,
         )
         if fig is None:
-            fig = ax.get_figure()
+            fig = axes.get_figure()
         if single:
             for g, value in enumerate(values[0].tolist()):
                 if value != value:  # NaN: the group's AUC is undefined
-                    ax.text(g, self.plot_lower_bound + 0.02, "n/a", ha="center", va="bottom")
-        return fig, ax
+                    axes.text(g, self.plot_lower_bound + 0.02, "n/a", ha="center", va="bottom")
+        return fig, axes
