@@ -37,6 +37,7 @@ from fairvlm_lightning.metrics.groups import (
     intersection_codes,
     intersection_group_names,
     parse_intersections,
+    reported_group_names,
 )
 from fairvlm_lightning.schema import GROUP_NAMES
 
@@ -471,6 +472,9 @@ def test_intersection_codes_and_names_by_hand():
     assert expand_attributes({"race": 3, "gender": 2}, ["race*gender"]) == {
         "race": 3, "gender": 2, "race*gender": 6,
     }
+    reported = reported_group_names({"race": 3, "site": 2}, [("race", "site")], GROUP_NAMES)
+    assert reported["race"] == GROUP_NAMES["race"] and reported["site"] == ("group 0", "group 1")
+    assert reported["race*site"][3] == "Black site 1"
 
 
 @pytest.mark.parametrize(

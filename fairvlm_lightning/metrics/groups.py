@@ -38,6 +38,7 @@ __all__ = [
     "intersection_group_names",
     "intersection_name",
     "parse_intersections",
+    "reported_group_names",
 ]
 
 #: Joins the attribute names of an intersection: ``("race", "gender")`` -> ``"race*gender"``.
@@ -217,3 +218,29 @@ def intersection_group_names(
     for options in labels:
         cells = [f"{prefix} {o}".strip() for prefix in cells for o in options]
     return tuple(cells)
+
+
+def reported_group_names(
+    attributes: Mapping[str, int],
+    intersections: Sequence[Intersection] | None = None,
+    group_names: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Display names of the groups of every reported attribute, intersections last.
+
+    The keys are those of :func:`expand_attributes`; an attribute without display names gets
+    ``"group <id>"``.
+
+    Example:
+        >>> names = {"race": ("Asian", "Black", "White"), "gender": ("Female", "Male")}
+        >>> reported = reported_group_names({"race": 3, "gender": 2}, ["race*gender"], names)
+        >>> reported["gender"], reported["race*gender"][3]
+        (('Female', 'Male'), 'Black Male')
+    """
+    group_names = group_names or {}
+    out: dict[str, tuple[str, ...]] = {}
+    for name, count in attributes.items():
+        given = list(group_names.get(name, ()))
+        out[name] = tuple(given[g] if g < len(given) else f"group {g}" for g in range(count))
+    for names in parse_intersections(intersections, attributes):
+        out[intersection_name(names)] = intersection_group_names(names, attributes, group_names)
+    return out
