@@ -83,6 +83,13 @@ class FairnessMetrics(_SampleMetric):
         >>> boot.update(preds, target, {"gender": groups["gender"]})
         >>> sorted(k for k in boot.compute() if k.startswith("auc"))
         ['auc', 'auc_ci_high', 'auc_ci_low']
+        >>> cells = FairnessMetrics({"gender": 2, "language": 3},
+        ...                         intersections=[("gender", "language")])
+        >>> cells.reported_attributes
+        {'gender': 2, 'language': 3, 'gender*language': 6}
+        >>> cells.update(preds, target, groups)
+        >>> [k for k in cells.compute() if k.startswith("gender*language/auc_group")][:2]
+        ['gender*language/auc_group_0', 'gender*language/auc_group_1']
     """
 
     higher_is_better = None  # mixed: AUC-like keys up, disparity keys down
