@@ -577,16 +577,24 @@ def test_group_auroc_plot():
     metric = GroupAUROC(3)
     metric.update(t(p), t(y), t(g))
     fig, ax = metric.plot(group_names=["Asian", "Black", "White"])
-    heights = [bar.get_height() for bar in ax.patches]
+    points = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
     expected = ref_group_auc(p, y, g, 3)
-    np.testing.assert_allclose(heights[:2], expected[:2], atol=1e-9)
-    assert heights[2] == 0 and np.isnan(expected[2])  # undefined group drawn empty, labelled n/a
-    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["Asian", "Black", "White"]
+    assert list(points) == ["Asian", "Black", "White"]  # one labelled point per group
+    np.testing.assert_allclose([points["Asian"], points["Black"]], expected[:2], atol=1e-9)
+    assert np.isnan(points["White"]) and np.isnan(expected[2])  # undefined: not drawn ...
+    assert [text.get_text() for text in ax.texts].count("n/a") == 1  # ... and marked n/a
+    assert ax.get_ylabel() == "GroupAUROC"
     plt.close(fig)
     values = [torch.tensor([0.6, 0.7, 0.8]), torch.tensor([0.65, 0.75, 0.85])]
     fig, ax = metric.plot(values)
     lines = [list(line.get_ydata()) for line in ax.get_lines()]
     np.testing.assert_allclose(lines, [[0.6, 0.65], [0.7, 0.75], [0.8, 0.85]], atol=1e-6)
+    assert [line.get_label() for line in ax.get_lines()] == ["group 0", "group 1", "group 2"]
+    assert ax.get_xlabel() == "Step"
+    plt.close(fig)
+    _, own_ax = plt.subplots()
+    fig, ax = metric.plot(values[0], ax=own_ax)
+    assert ax is own_ax and fig is own_ax.get_figure()
     plt.close(fig)
     fig, ax = EquityScaledAUROC(2).plot(torch.tensor(0.5))  # scalar metrics: torchmetrics plot
     (point,) = ax.get_lines()

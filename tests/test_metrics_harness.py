@@ -16,7 +16,7 @@ def test_every_exported_metric_class_has_a_case():
         if isinstance(getattr(metrics, name), type)
         and issubclass(getattr(metrics, name), torch.nn.Module)
     }
-    assert exported == set(CASES)
+    assert exported == {name.split("[")[0] for name in CASES}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -14,8 +14,14 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from fairvlm_lightning.metrics.functional._common import (
     _check_not_empty,
     _group_confmat,
-    _group_format,
-    _group_tensor_validation,
+)
+from fairvlm_lightning.metrics.functional._multitask import (
+    _multitask_confmat,
+    _target_dtype,
+    _target_shape_tail,
+    _task_arg_validation,
+    _task_format,
+    _task_tensor_validation,
 )
 
 
@@ -34,9 +40,20 @@ class _SampleMetric(Metric):
     target: list[Tensor] | Tensor
     groups: list[Tensor] | Tensor
 
-    def __init__(self, group_columns: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        group_columns: int | None = None,
+        *,
+        preds_tail: tuple[int, ...] = (),
+        target_tail: tuple[int, ...] = (),
+        target_dtype: torch.dtype = torch.uint8,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._group_columns = group_columns
+        self._preds_tail = preds_tail
+        self._target_tail = target_tail
+        self._target_dtype = target_dtype
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("groups", default=[], dist_reduce_fx="cat")
@@ -51,7 +68,7 @@ class _SampleMetric(Metric):
         if isinstance(self.preds, list) and len(self.preds) == 0:
             _check_not_empty(0, type(self).__name__)
         preds = dim_zero_cat(self.preds)
-        _check_not_empty(preds.numel(), type(self).__name__)
+        _check_not_empty(preds.shape[0], type(self).__name__)
         return preds, dim_zero_cat(self.target), dim_zero_cat(self.groups)
 
     def _sync_dist(
@@ -69,8 +86,8 @@ class _SampleMetric(Metric):
             )
         )
         empties = {
-            "preds": ((0,), torch.float64),
-            "target": ((0,), torch.uint8),
+            "preds": ((0, *self._preds_tail), torch.float64),
+            "target": ((0, *self._target_tail), self._target_dtype),
             "groups": (group_shape, torch.int32),
         }
         for name, (shape, dtype) in empties.items():
@@ -91,11 +108,33 @@ class _GroupSampleMetric(_SampleMetric):
     ignore_index: int
     validate_args: bool
 
+    def __init__(
+        self,
+        task: str = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        num_columns = _task_arg_validation(task, num_classes, num_labels)
+        super().__init__(
+            preds_tail=() if task == "binary" else (num_columns,),
+            target_tail=_target_shape_tail(task, num_columns),
+            target_dtype=_target_dtype(task),
+            **kwargs,
+        )
+        self.task = task
+        self.num_classes = num_classes
+        self.num_labels = num_labels
+        self.num_columns = num_columns
+
     def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
-        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape."""
+        """Add a batch: scores, labels and group ids (see the class for the task's shapes)."""
         if self.validate_args:
-            _group_tensor_validation(preds, target, groups, self.num_groups, self.ignore_index)
-        self._append(*_group_format(preds, target, groups, self.ignore_index))
+            _task_tensor_validation(
+                preds, target, groups, self.num_groups, self.ignore_index, self.task,
+                self.num_columns,
+            )
+        self._append(*_task_format(preds, target, groups, self.ignore_index, self.task))
 
 
 class _ConfmatMetric(Metric):
@@ -110,12 +149,23 @@ class _ConfmatMetric(Metric):
 
     confmat: Tensor
 
-    def __init__(self, num_groups: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_groups: int,
+        task: str = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        num_columns = _task_arg_validation(task, num_classes, num_labels)
         super().__init__(**kwargs)
+        self.task = task
+        self.num_classes = num_classes
+        self.num_labels = num_labels
+        self.num_columns = num_columns
+        shape = (num_groups + 1, 2, 2) if task == "binary" else (num_columns, num_groups + 1, 2, 2)
         self.add_state(
-            "confmat",
-            default=torch.zeros(num_groups + 1, 2, 2, dtype=torch.long),
-            dist_reduce_fx="sum",
+            "confmat", default=torch.zeros(*shape, dtype=torch.long), dist_reduce_fx="sum"
         )
 
     num_groups: int
@@ -124,12 +174,20 @@ class _ConfmatMetric(Metric):
     threshold: float
 
     def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
-        """Add a batch: scores ``P(y=1)`` in [0, 1], labels 0/1 and group ids, all one shape.
+        """Add a batch: scores, labels and group ids (see the class for the task's shapes).
 
         A subclass sets ``num_groups``, ``threshold``, ``ignore_index`` and ``validate_args`` in
         its ``__init__`` and implements ``compute`` on :attr:`confmat`.
         """
         if self.validate_args:
-            _group_tensor_validation(preds, target, groups, self.num_groups, self.ignore_index)
-        preds, target, groups = _group_format(preds, target, groups, self.ignore_index)
-        self.confmat += _group_confmat(preds, target, groups, self.num_groups, self.threshold)
+            _task_tensor_validation(
+                preds, target, groups, self.num_groups, self.ignore_index, self.task,
+                self.num_columns,
+            )
+        preds, target, groups = _task_format(preds, target, groups, self.ignore_index, self.task)
+        if self.task == "binary":
+            self.confmat += _group_confmat(preds, target, groups, self.num_groups, self.threshold)
+        else:
+            self.confmat += _multitask_confmat(
+                preds, target, groups, self.num_groups, self.task, self.threshold
+            )

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from fairvlm_lightning.metrics._base import _GroupSampleMetric
+from fairvlm_lightning.metrics.functional._multitask import Task, _multitask_group_auroc
 from fairvlm_lightning.metrics.functional.auroc import (
     _group_auroc_arg_validation,
     _group_auroc_compute,
@@ -28,6 +29,12 @@ class GroupAUROC(_GroupSampleMetric):
 
     Args:
         num_groups: number of groups G (at least 2).
+        task: ``"binary"`` (scores ``P(y=1)``, labels 0/1), ``"multiclass"`` (``(N, C)`` class
+            probabilities, ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities
+            and 0/1 labels); groups are ``(N,)``. Multi-column rules: see
+            :func:`~fairvlm_lightning.metrics.functional.fairness_metrics`.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member (must not be a valid id).
         validate_args: check shapes, dtypes and value ranges in ``update`` (costs a device sync;
             constructor arguments are always checked).
@@ -48,9 +55,17 @@ class GroupAUROC(_GroupSampleMetric):
     plot_upper_bound = 1.0
 
     def __init__(
-        self, num_groups: int, *, ignore_index: int = -1, validate_args: bool = True, **kwargs: Any
+        self,
+        num_groups: int,
+        *,
+        task: Task = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        ignore_index: int = -1,
+        validate_args: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(task, num_classes, num_labels, **kwargs)
         _group_auroc_arg_validation(num_groups, ignore_index)
         self.num_groups = num_groups
         self.ignore_index = ignore_index
@@ -59,7 +74,9 @@ class GroupAUROC(_GroupSampleMetric):
     def compute(self) -> Tensor:
         """Return the ``(num_groups,)`` float64 tensor of group AUCs (NaN where undefined)."""
         preds, target, groups = self._samples()
-        return _group_auroc_compute(preds, target, groups, self.num_groups)[1]
+        if self.task == "binary":
+            return _group_auroc_compute(preds, target, groups, self.num_groups)[1]
+        return _multitask_group_auroc(preds, target, groups, self.num_groups, self.task)[1]
 
     def plot(
         self,
@@ -68,10 +85,12 @@ class GroupAUROC(_GroupSampleMetric):
         *,
         group_names: Sequence[str] | None = None,
     ) -> tuple[Any, Any]:
-        """Plot the per-group AUROC, like torchmetrics' ``Metric.plot``.
+        """Plot the per-group AUROC with torchmetrics' plotting utilities.
 
-        A single value (default: :meth:`compute`) is drawn as one bar per group (an undefined
-        group is marked ``n/a``); a sequence of values (e.g. one per epoch) as one line per group.
+        A single value (default: :meth:`compute`) is drawn as one labelled point per group (an
+        undefined group is marked ``n/a``); a sequence of values (e.g. one per epoch) as one line
+        per group. Bounds, the optimal-value mark and the style are torchmetrics'
+        (:func:`torchmetrics.utilities.plot.plot_single_or_multi_val`).
 
         Args:
             val: a ``(num_groups,)`` result or a sequence of them; ``None`` computes the metric.
@@ -84,15 +103,24 @@ class GroupAUROC(_GroupSampleMetric):
         Raises:
             ImportError: if matplotlib (an optional dependency) is not installed.
             ValueError: if ``group_names`` or ``val`` do not have ``num_groups`` entries.
+
+        Example:
+            >>> import torch
+            >>> metric = GroupAUROC(num_groups=2)
+            >>> fig, ax = metric.plot(torch.tensor([0.7, 0.8]), group_names=["Female", "Male"])
+            >>> [line.get_label() for line in ax.get_lines()]
+            ['Female', 'Male']
         """
         try:
-            import matplotlib.pyplot as plt
+            import matplotlib  # noqa: F401
         except ImportError as err:
             raise ImportError(
                 "GroupAUROC.plot needs matplotlib, an optional dependency: install it with "
                 "`pip install matplotlib` (or `pip install -e '.[plot]'` in the fairvlm-lightning "
                 "checkout)."
             ) from err
+        from torchmetrics.utilities.plot import plot_single_or_multi_val
+
         names = (
             list(group_names)
             if group_names is not None
@@ -111,26 +139,25 @@ class GroupAUROC(_GroupSampleMetric):
             raise ValueError(
                 f"`val` must hold {self.num_groups} group values, got shape {tuple(values.shape)}"
             )
-        if ax is None:
-            fig, ax = plt.subplots()
-        else:
-            fig = ax.get_figure()
-        if values.shape[0] == 1:
-            heights = values[0]
-            defined = ~torch.isnan(heights)
-            positions = list(range(self.num_groups))
-            ax.bar(positions, torch.nan_to_num(heights, nan=0.0).tolist(), tick_label=names)
-            for x, ok in zip(positions, defined.tolist(), strict=True):
-                if not ok:
-                    ax.text(x, 0.02, "n/a", ha="center", va="bottom")
-            ax.set_xlabel("group")
-        else:
-            steps = list(range(values.shape[0]))
-            for g, name in enumerate(names):
-                ax.plot(steps, values[:, g].tolist(), marker="o", label=name)
-            ax.set_xlabel("step")
-            ax.legend()
-        ax.set_ylim(self.plot_lower_bound, self.plot_upper_bound)
-        ax.set_ylabel("AUROC")
-        ax.set_title(type(self).__name__)
-        return fig, ax
+        single = values.shape[0] == 1
+        data: dict[str, Tensor] | list[dict[str, Tensor]] = (
+            {name: values[0, g] for g, name in enumerate(names)}
+            if single
+            else [{name: row[g] for g, name in enumerate(names)} for row in values]
+        )
+        axes: Any
+        fig, axes = plot_single_or_multi_val(
+            data,
+            ax=ax,
+            higher_is_better=self.higher_is_better,
+            lower_bound=self.plot_lower_bound,
+            upper_bound=self.plot_upper_bound,
+            name=type(self).__name__,
+        )
+        if fig is None:
+            fig = axes.get_figure()
+        if single:
+            for g, value in enumerate(values[0].tolist()):
+                if value != value:  # NaN: the group's AUC is undefined
+                    axes.text(g, self.plot_lower_bound + 0.02, "n/a", ha="center", va="bottom")
+        return fig, axes

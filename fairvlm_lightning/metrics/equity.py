@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from fairvlm_lightning.metrics._base import _ConfmatMetric, _GroupSampleMetric
+from fairvlm_lightning.metrics.functional._multitask import Task
 from fairvlm_lightning.metrics.functional.equity import (
     _equity_scaled_accuracy_arg_validation,
     _equity_scaled_accuracy_compute,
@@ -28,6 +29,12 @@ class EquityScaledAUROC(_GroupSampleMetric):
     Args:
         num_groups: number of groups G (at least 2).
         alpha: weight of the disparity term (``>= 0``).
+        task: ``"binary"`` (scores ``P(y=1)``, labels 0/1), ``"multiclass"`` (``(N, C)`` class
+            probabilities, ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities
+            and 0/1 labels); groups are ``(N,)``. Multi-column rules: see
+            :func:`~fairvlm_lightning.metrics.functional.fairness_metrics`.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member.
         validate_args: check shapes, dtypes and value ranges in ``update`` (costs a device sync;
             constructor arguments are always checked).
@@ -50,12 +57,15 @@ class EquityScaledAUROC(_GroupSampleMetric):
         self,
         num_groups: int,
         *,
+        task: Task = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
         alpha: float = 1.0,
         ignore_index: int = -1,
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(task, num_classes, num_labels, **kwargs)
         _equity_scaled_auroc_arg_validation(num_groups, alpha, ignore_index)
         self.num_groups = num_groups
         self.alpha = float(alpha)
@@ -65,7 +75,9 @@ class EquityScaledAUROC(_GroupSampleMetric):
     def compute(self) -> Tensor:
         """Return the scalar float64 ES-AUC."""
         preds, target, groups = self._samples()
-        return _equity_scaled_auroc_compute(preds, target, groups, self.num_groups, self.alpha)
+        return _equity_scaled_auroc_compute(
+            preds, target, groups, self.num_groups, self.alpha, self.task
+        )
 
     def plot(
         self, val: Tensor | Sequence[Tensor] | None = None, ax: Any | None = None
@@ -86,6 +98,12 @@ class EquityScaledAccuracy(_ConfmatMetric):
         num_groups: number of groups G (at least 2).
         threshold: decision threshold in ``[0, 1]``.
         alpha: weight of the disparity term (``>= 0``).
+        task: ``"binary"`` (scores ``P(y=1)``, labels 0/1), ``"multiclass"`` (``(N, C)`` class
+            probabilities, ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities
+            and 0/1 labels); groups are ``(N,)``. Multi-column rules: see
+            :func:`~fairvlm_lightning.metrics.functional.fairness_metrics`.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member.
         validate_args: check shapes, dtypes and value ranges in ``update`` (costs a device sync;
             constructor arguments are always checked).
@@ -108,6 +126,9 @@ class EquityScaledAccuracy(_ConfmatMetric):
         self,
         num_groups: int,
         *,
+        task: Task = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
         threshold: float = 0.5,
         alpha: float = 1.0,
         ignore_index: int = -1,
@@ -115,7 +136,7 @@ class EquityScaledAccuracy(_ConfmatMetric):
         **kwargs: Any,
     ) -> None:
         _equity_scaled_accuracy_arg_validation(num_groups, threshold, alpha, ignore_index)
-        super().__init__(num_groups, **kwargs)
+        super().__init__(num_groups, task, num_classes, num_labels, **kwargs)
         self.num_groups = num_groups
         self.threshold = float(threshold)
         self.alpha = float(alpha)
@@ -124,7 +145,7 @@ class EquityScaledAccuracy(_ConfmatMetric):
 
     def compute(self) -> Tensor:
         """Return the scalar float64 ES-Acc."""
-        return _equity_scaled_accuracy_compute(self.confmat, self.alpha)
+        return _equity_scaled_accuracy_compute(self.confmat, self.alpha, self.task)
 
     def plot(
         self, val: Tensor | Sequence[Tensor] | None = None, ax: Any | None = None

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from fairvlm_lightning.metrics._base import _ConfmatMetric
+from fairvlm_lightning.metrics.functional._multitask import Task
 from fairvlm_lightning.metrics.functional.parity import (
     _demographic_parity_compute,
     _equalized_odds_compute,
@@ -26,13 +27,16 @@ class _ParityMetric(_ConfmatMetric):
         self,
         num_groups: int,
         *,
+        task: Task = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
         threshold: float = 0.5,
         ignore_index: int = -1,
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
         _parity_arg_validation(num_groups, threshold, ignore_index)
-        super().__init__(num_groups, **kwargs)
+        super().__init__(num_groups, task, num_classes, num_labels, **kwargs)
         self.num_groups = num_groups
         self.threshold = float(threshold)
         self.ignore_index = ignore_index
@@ -56,6 +60,12 @@ class DemographicParityDifference(_ParityMetric):
     Args:
         num_groups: number of groups G (at least 2).
         threshold: decision threshold in ``[0, 1]``.
+        task: ``"binary"`` (scores ``P(y=1)``, labels 0/1), ``"multiclass"`` (``(N, C)`` class
+            probabilities, ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities
+            and 0/1 labels); groups are ``(N,)``. Multi-column rules: see
+            :func:`~fairvlm_lightning.metrics.functional.fairness_metrics`.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member.
         validate_args: check shapes, dtypes and value ranges in ``update`` (costs a device sync;
             constructor arguments are always checked).
@@ -88,6 +98,12 @@ class EqualizedOddsDifference(_ParityMetric):
     Args:
         num_groups: number of groups G (at least 2).
         threshold: decision threshold in ``[0, 1]``.
+        task: ``"binary"`` (scores ``P(y=1)``, labels 0/1), ``"multiclass"`` (``(N, C)`` class
+            probabilities, ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities
+            and 0/1 labels); groups are ``(N,)``. Multi-column rules: see
+            :func:`~fairvlm_lightning.metrics.functional.fairness_metrics`.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member.
         validate_args: check shapes, dtypes and value ranges in ``update`` (costs a device sync;
             constructor arguments are always checked).

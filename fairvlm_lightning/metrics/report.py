@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
 
 from fairvlm_lightning.metrics._base import _SampleMetric
+from fairvlm_lightning.metrics.functional._multitask import (
+    Task,
+    _target_dtype,
+    _target_shape_tail,
+)
 from fairvlm_lightning.metrics.functional.report import (
     _bootstrap_arg_validation,
     _fairness_metrics_arg_validation,
-    _fairness_metrics_bootstrap,
-    _fairness_metrics_compute,
     _fairness_metrics_format,
     _fairness_metrics_tensor_validation,
+    _report_compute,
 )
+from fairvlm_lightning.metrics.groups import Intersection, expand_attributes, parse_intersections
 
 __all__ = ["FairnessMetrics"]
 
@@ -31,12 +36,25 @@ class FairnessMetrics(_SampleMetric):
     ``a/auc_max_disparity`` ((max - min) / AUC). See
     :func:`fairvlm_lightning.metrics.functional.fairness_metrics` for the definitions.
 
-    Samples are kept (scores float64, labels uint8, an ``(N, A)`` int32 matrix of group ids) and
-    concatenated across processes; one sort of the scores then serves every AUC of every
-    attribute.
+    ``intersections=[("race", "gender")]`` adds the same keys under ``race*gender/`` for the
+    cells ``r * n_gender + s`` (see :mod:`fairvlm_lightning.metrics.groups`; display names from
+    :func:`~fairvlm_lightning.metrics.groups.intersection_group_names`). ``task="multiclass"`` /
+    ``"multilabel"`` computes the FairCLIP code's multi-class metrics (macro one-vs-rest AUC,
+    argmax accuracy) or their multi-label analogue, and adds per-class / per-label keys; see
+    :func:`~fairvlm_lightning.metrics.functional.fairness_metrics`.
+
+    Samples are kept (scores float64, labels, an ``(N, A + I)`` int32 matrix of group and cell
+    ids) and concatenated across processes; one sort of the scores (per class or label) then
+    serves every AUC of every attribute.
 
     Args:
         attributes: mapping attribute name -> number of groups, e.g. ``{"race": 3, "gender": 2}``.
+        task: ``"binary"`` (scores ``P(y=1)``), ``"multiclass"`` (``(N, C)`` probabilities,
+            ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities and 0/1 labels).
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
+        intersections: attribute tuples (or ``"race*gender"`` strings, e.g. from YAML) reported
+            as intersectional attributes.
         threshold: decision threshold (``preds >= threshold`` is positive) for accuracy, DPD and
             DEOdds.
         alpha: weight of the disparity term of ES-AUC / ES-Acc.
@@ -65,6 +83,13 @@ class FairnessMetrics(_SampleMetric):
         >>> boot.update(preds, target, {"gender": groups["gender"]})
         >>> sorted(k for k in boot.compute() if k.startswith("auc"))
         ['auc', 'auc_ci_high', 'auc_ci_low']
+        >>> cells = FairnessMetrics({"gender": 2, "language": 3},
+        ...                         intersections=[("gender", "language")])
+        >>> cells.reported_attributes
+        {'gender': 2, 'language': 3, 'gender*language': 6}
+        >>> cells.update(preds, target, groups)
+        >>> [k for k in cells.compute() if k.startswith("gender*language/auc_group")][:2]
+        ['gender*language/auc_group_0', 'gender*language/auc_group_1']
     """
 
     higher_is_better = None  # mixed: AUC-like keys up, disparity keys down
@@ -73,6 +98,10 @@ class FairnessMetrics(_SampleMetric):
         self,
         attributes: Mapping[str, int],
         *,
+        task: Task = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        intersections: Sequence[Intersection] | None = None,
         threshold: float = 0.5,
         alpha: float = 1.0,
         ignore_index: int = -1,
@@ -82,10 +111,27 @@ class FairnessMetrics(_SampleMetric):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        _fairness_metrics_arg_validation(attributes, threshold, alpha, ignore_index)
+        num_columns = _fairness_metrics_arg_validation(
+            attributes, threshold, alpha, ignore_index, task, num_classes, num_labels,
+            intersections,
+        )
         _bootstrap_arg_validation(bootstrap, ci, seed)
-        super().__init__(group_columns=len(attributes), **kwargs)
+        parsed = parse_intersections(intersections, attributes)
+        super().__init__(
+            group_columns=len(attributes) + len(parsed),
+            preds_tail=() if task == "binary" else (num_columns,),
+            target_tail=_target_shape_tail(task, num_columns),
+            target_dtype=_target_dtype(task),
+            **kwargs,
+        )
         self.attributes: dict[str, int] = dict(attributes)
+        self.task = task
+        self.num_classes = num_classes
+        self.num_labels = num_labels
+        self.num_columns = num_columns
+        self.intersections: list[tuple[str, ...]] = parsed
+        #: every reported attribute, intersections last: name -> number of groups (cells)
+        self.reported_attributes: dict[str, int] = expand_attributes(attributes, parsed)
         self.threshold = float(threshold)
         self.alpha = float(alpha)
         self.ignore_index = ignore_index
@@ -98,29 +144,29 @@ class FairnessMetrics(_SampleMetric):
         """Add a batch.
 
         Args:
-            preds: scores ``P(y=1)`` in ``[0, 1]``.
-            target: labels 0/1, same shape.
-            groups: attribute name -> group ids (same shape), exactly the configured attributes.
+            preds: binary: scores ``P(y=1)`` in ``[0, 1]``; multi-class: ``(N, C)`` class
+                probabilities; multi-label: ``(N, L)`` label probabilities.
+            target: binary: labels 0/1, same shape; multi-class: ``(N,)`` class ids;
+                multi-label: ``(N, L)`` 0/1.
+            groups: attribute name -> group ids (``(N,)``; binary: the shape of ``preds``),
+                exactly the configured attributes (intersections are derived from them).
         """
         if self.validate_args:
             _fairness_metrics_tensor_validation(
-                preds, target, groups, self.attributes, self.ignore_index
+                preds, target, groups, self.attributes, self.ignore_index, self.task,
+                self.num_columns,
             )
         self._append(
-            *_fairness_metrics_format(preds, target, groups, self.attributes, self.ignore_index)
+            *_fairness_metrics_format(
+                preds, target, groups, self.attributes, self.ignore_index, self.task,
+                self.intersections,
+            )
         )
 
     def compute(self) -> dict[str, Tensor]:
         """Return the flat dict of scalar float64 tensors described above."""
         preds, target, groups = self._samples()
-        out = _fairness_metrics_compute(
-            preds, target, groups, self.attributes, self.threshold, self.alpha
+        return _report_compute(
+            preds, target, groups, self.reported_attributes, self.task, self.threshold,
+            self.alpha, self.bootstrap, self.ci, self.seed,
         )
-        if self.bootstrap:
-            out.update(
-                _fairness_metrics_bootstrap(
-                    preds, target, groups, self.attributes, self.threshold, self.alpha,
-                    self.bootstrap, self.ci, self.seed,
-                )
-            )
-        return out

@@ -212,7 +212,9 @@ def _auroc_from_sorted(
     ranked correctly plus one half per tie (the Mann-Whitney statistic, identical to the area
     under scikit-learn's ROC curve, which joins tied scores by one straight segment).
 
-    The sorted samples are partitioned by group with a stable (radix) sort of the small integer
+    When there are few tie blocks (at most ``2 n / (G + 1)``, e.g. scores on a grid) the counts
+    of every ``(block, group, label)`` cell come from one dense ``bincount``. Otherwise the
+    sorted samples are partitioned by group with a stable (radix) sort of the small integer
     ids, which keeps the score order inside each group; tie blocks are then runs of equal
     ``(group, block)``. Counting is done in int64 and only the final division in float64.
 
@@ -237,6 +239,19 @@ def _auroc_from_sorted(
         neg_below = torch.cumsum(neg, 0) - neg
         twice_u = (pos * (2 * neg_below + neg)).sum().reshape(1)
         pos_g, neg_g = pos.sum().reshape(1), neg.sum().reshape(1)
+    elif block.numel() and (int(block[-1]) + 1) * (num_groups + 1) <= 2 * block.numel():
+        # few tie blocks (scores on a grid): count (tie block, group, label) cells densely, no
+        # second sort; unknown members (-1) go to an extra bucket G, dropped at the end
+        num_blocks = int(block[-1]) + 1
+        g = groups_sorted.to(torch.int64)
+        g = torch.where(g < 0, num_groups, g)
+        key = (block * (num_groups + 1) + g) * 2 + y
+        counts = torch.bincount(key, minlength=num_blocks * (num_groups + 1) * 2)
+        counts = counts.view(num_blocks, num_groups + 1, 2)
+        neg, pos = counts[..., 0], counts[..., 1]
+        neg_below = torch.cumsum(neg, 0) - neg
+        twice_u = (pos * (2 * neg_below + neg)).sum(0)[:num_groups]
+        pos_g, neg_g = pos.sum(0)[:num_groups], neg.sum(0)[:num_groups]
     else:
         # unknown members (-1) go to an extra bucket G, dropped at the end; int32 radix sort
         g32 = groups_sorted.to(torch.int32)
@@ -261,6 +276,53 @@ def _auroc_from_sorted(
         neg_below = torch.cumsum(neg, 0) - neg - neg_before_group[run_group]
         twice_u = zeros.index_add(0, run_group, pos * (2 * neg_below + neg))
         twice_u, pos_g, neg_g = twice_u[:num_groups], pos_g[:num_groups], neg_g[:num_groups]
+    denom = 2 * pos_g * neg_g
+    auc = twice_u.to(torch.float64) / denom.clamp(min=1).to(torch.float64)
+    return torch.where(denom > 0, auc, torch.full_like(auc, float("nan")))
+
+
+def _weighted_auroc(
+    block: Tensor, y: Tensor, weights: Tensor, groups: Tensor | None, num_groups: int
+) -> Tensor:
+    """Batched :func:`_auroc_from_sorted` with per-sample multiplicities ``weights`` (B, n).
+
+    ``block``, ``y``, ``groups`` are in ascending score order; returns ``(B, G)`` (``(B, 1)``
+    without groups), NaN where a replicate's group lacks a class.
+    """
+    b = weights.shape[0]
+    device = weights.device
+    if groups is None:
+        run = block
+        run_group = torch.zeros(int(block[-1]) + 1, dtype=torch.int64, device=device)
+        width = 1
+        w = weights
+        yy = y
+    else:
+        g = torch.where(groups < 0, num_groups, groups.to(torch.int64))
+        g, perm = torch.sort(g, stable=True)
+        bl = block[perm]
+        yy = y[perm]
+        w = weights[:, perm]
+        new = torch.ones(bl.numel(), dtype=torch.bool, device=device)
+        new[1:] = (bl[1:] != bl[:-1]) | (g[1:] != g[:-1])
+        run = torch.cumsum(new, 0) - 1
+        run_group = g[new]
+        width = num_groups + 1
+    num_runs = int(run[-1]) + 1
+    pos_w = w * yy
+    neg_w = w - pos_w
+    index = run.expand(b, -1)
+    pos = torch.zeros(b, num_runs, dtype=torch.int64, device=device).scatter_add_(1, index, pos_w)
+    neg = torch.zeros(b, num_runs, dtype=torch.int64, device=device).scatter_add_(1, index, neg_w)
+    zeros = torch.zeros(b, width, dtype=torch.int64, device=device)
+    neg_g = zeros.index_add(1, run_group, neg)
+    pos_g = zeros.index_add(1, run_group, pos)
+    neg_before_group = torch.cumsum(neg_g, 1) - neg_g
+    neg_below = torch.cumsum(neg, 1) - neg - neg_before_group[:, run_group]
+    twice_u = zeros.index_add(1, run_group, pos * (2 * neg_below + neg))
+    if groups is not None:
+        keep = slice(0, num_groups)
+        twice_u, pos_g, neg_g = twice_u[:, keep], pos_g[:, keep], neg_g[:, keep]
     denom = 2 * pos_g * neg_g
     auc = twice_u.to(torch.float64) / denom.clamp(min=1).to(torch.float64)
     return torch.where(denom > 0, auc, torch.full_like(auc, float("nan")))

@@ -11,10 +11,15 @@ from fairvlm_lightning.metrics.functional._common import (
     _check_not_empty,
     _fairness_arg_validation,
     _format_preds_target,
-    _group_format,
-    _group_tensor_validation,
     _preds_target_validation,
     _sort_scores,
+)
+from fairvlm_lightning.metrics.functional._multitask import (
+    Task,
+    _multitask_group_auroc,
+    _task_arg_validation,
+    _task_format,
+    _task_tensor_validation,
 )
 
 __all__ = ["binary_auroc", "group_auroc"]
@@ -96,6 +101,9 @@ def group_auroc(
     groups: Tensor,
     num_groups: int,
     *,
+    task: Task = "binary",
+    num_classes: int | None = None,
+    num_labels: int | None = None,
     ignore_index: int = -1,
     validate_args: bool = True,
 ) -> Tensor:
@@ -111,6 +119,11 @@ def group_auroc(
         target: labels 0/1 (integer or bool), same shape as ``preds``.
         groups: integer group ids in ``[0, num_groups)`` or ``ignore_index``, same shape.
         num_groups: number of groups G (at least 2).
+        task: ``"binary"`` (scores ``P(y=1)``), ``"multiclass"`` (``(N, C)`` class probabilities,
+            ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities and 0/1 labels);
+            groups are then ``(N,)``. See :func:`fairness_metrics` for the multi-column rules.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member (must not be a valid id).
         validate_args: check shapes, dtypes and value ranges (costs a device sync).
 
@@ -131,8 +144,11 @@ def group_auroc(
         >>> group_auroc(preds, target, groups, num_groups=3)
         tensor([1., nan, 1.], dtype=torch.float64)
     """
+    num_columns = _task_arg_validation(task, num_classes, num_labels)
     if validate_args:
         _group_auroc_arg_validation(num_groups, ignore_index)
-        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_format(preds, target, groups, ignore_index)
-    return _group_auroc_compute(preds, target, groups, num_groups)[1]
+        _task_tensor_validation(preds, target, groups, num_groups, ignore_index, task, num_columns)
+    preds, target, groups = _task_format(preds, target, groups, ignore_index, task)
+    if task == "binary":
+        return _group_auroc_compute(preds, target, groups, num_groups)[1]
+    return _multitask_group_auroc(preds, target, groups, num_groups, task)[1]

@@ -11,8 +11,15 @@ from fairvlm_lightning.metrics.functional._common import (
     _check_not_empty,
     _fairness_arg_validation,
     _group_confmat,
-    _group_format,
-    _group_tensor_validation,
+)
+from fairvlm_lightning.metrics.functional._multitask import (
+    Task,
+    _multitask_accuracy,
+    _multitask_confmat,
+    _multitask_group_auroc,
+    _task_arg_validation,
+    _task_format,
+    _task_tensor_validation,
 )
 from fairvlm_lightning.metrics.functional.auroc import (
     _group_auroc_compute,
@@ -48,9 +55,17 @@ def _equity_scaled_auroc_arg_validation(num_groups: int, alpha: float, ignore_in
 
 
 def _equity_scaled_auroc_compute(
-    preds: Tensor, target: Tensor, groups: Tensor, num_groups: int, alpha: float
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    alpha: float,
+    task: str = "binary",
 ) -> Tensor:
-    overall, per_group = _group_auroc_compute(preds, target, groups, num_groups)
+    if task == "binary":
+        overall, per_group = _group_auroc_compute(preds, target, groups, num_groups)
+    else:
+        overall, per_group = _multitask_group_auroc(preds, target, groups, num_groups, task)
     if torch.isnan(overall):
         rank_zero_warn("AUROC is undefined (NaN): `target` holds only one class.", UserWarning)
     return _equity_scaled_compute(overall, per_group, alpha, "AUC")
@@ -62,6 +77,9 @@ def equity_scaled_auroc(
     groups: Tensor,
     num_groups: int,
     *,
+    task: Task = "binary",
+    num_classes: int | None = None,
+    num_labels: int | None = None,
     alpha: float = 1.0,
     ignore_index: int = -1,
     validate_args: bool = True,
@@ -79,6 +97,11 @@ def equity_scaled_auroc(
         groups: integer group ids in ``[0, num_groups)`` or ``ignore_index``, same shape.
         num_groups: number of groups G (at least 2).
         alpha: weight of the disparity term (``>= 0``; 1 in the FairCLIP paper).
+        task: ``"binary"`` (scores ``P(y=1)``), ``"multiclass"`` (``(N, C)`` class probabilities,
+            ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities and 0/1 labels);
+            groups are then ``(N,)``. See :func:`fairness_metrics` for the multi-column rules.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member.
         validate_args: check shapes, dtypes and value ranges (costs a device sync).
 
@@ -97,11 +120,12 @@ def equity_scaled_auroc(
         >>> equity_scaled_auroc(preds, target, groups, num_groups=2)
         tensor(0.5185, dtype=torch.float64)
     """
+    num_columns = _task_arg_validation(task, num_classes, num_labels)
     if validate_args:
         _equity_scaled_auroc_arg_validation(num_groups, alpha, ignore_index)
-        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_format(preds, target, groups, ignore_index)
-    return _equity_scaled_auroc_compute(preds, target, groups, num_groups, alpha)
+        _task_tensor_validation(preds, target, groups, num_groups, ignore_index, task, num_columns)
+    preds, target, groups = _task_format(preds, target, groups, ignore_index, task)
+    return _equity_scaled_auroc_compute(preds, target, groups, num_groups, alpha, task)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,7 +137,11 @@ def _equity_scaled_accuracy_arg_validation(
     _fairness_arg_validation(num_groups, ignore_index, threshold=threshold, alpha=alpha)
 
 
-def _equity_scaled_accuracy_compute(confmat: Tensor, alpha: float) -> Tensor:
+def _equity_scaled_accuracy_compute(confmat: Tensor, alpha: float, task: str = "binary") -> Tensor:
+    """ES-Acc of ``(G + 1, 2, 2)`` (binary) or ``(K, G + 1, 2, 2)`` (multi-column) matrices."""
+    if task != "binary":
+        overall, per_group = _multitask_accuracy(confmat, task)
+        return _equity_scaled_compute(overall, per_group, alpha, "accuracy")
     _check_not_empty(int(confmat.sum()))
     overall = _accuracy_from_confmat(confmat.sum(0))
     per_group = _accuracy_from_confmat(confmat[:-1])
@@ -126,6 +154,9 @@ def equity_scaled_accuracy(
     groups: Tensor,
     num_groups: int,
     *,
+    task: Task = "binary",
+    num_classes: int | None = None,
+    num_labels: int | None = None,
     threshold: float = 0.5,
     alpha: float = 1.0,
     ignore_index: int = -1,
@@ -144,6 +175,11 @@ def equity_scaled_accuracy(
         num_groups: number of groups G (at least 2).
         threshold: decision threshold in ``[0, 1]``.
         alpha: weight of the disparity term (``>= 0``).
+        task: ``"binary"`` (scores ``P(y=1)``), ``"multiclass"`` (``(N, C)`` class probabilities,
+            ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities and 0/1 labels);
+            groups are then ``(N,)``. See :func:`fairness_metrics` for the multi-column rules.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member.
         validate_args: check shapes, dtypes and value ranges (costs a device sync).
 
@@ -162,9 +198,13 @@ def equity_scaled_accuracy(
         >>> equity_scaled_accuracy(preds, target, groups, num_groups=2)
         tensor(0.4000, dtype=torch.float64)
     """
+    num_columns = _task_arg_validation(task, num_classes, num_labels)
     if validate_args:
         _equity_scaled_accuracy_arg_validation(num_groups, threshold, alpha, ignore_index)
-        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_format(preds, target, groups, ignore_index)
-    confmat = _group_confmat(preds, target, groups, num_groups, threshold)
-    return _equity_scaled_accuracy_compute(confmat, alpha)
+        _task_tensor_validation(preds, target, groups, num_groups, ignore_index, task, num_columns)
+    preds, target, groups = _task_format(preds, target, groups, ignore_index, task)
+    if task == "binary":
+        confmat = _group_confmat(preds, target, groups, num_groups, threshold)
+    else:
+        confmat = _multitask_confmat(preds, target, groups, num_groups, task, threshold)
+    return _equity_scaled_accuracy_compute(confmat, alpha, task)

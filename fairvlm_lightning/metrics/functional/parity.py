@@ -10,9 +10,15 @@ from fairvlm_lightning.metrics.functional._common import (
     _check_not_empty,
     _fairness_arg_validation,
     _group_confmat,
-    _group_format,
-    _group_tensor_validation,
     _nan_tensor,
+)
+from fairvlm_lightning.metrics.functional._multitask import (
+    Task,
+    _multitask_confmat,
+    _multitask_parity,
+    _task_arg_validation,
+    _task_format,
+    _task_tensor_validation,
 )
 
 __all__ = ["demographic_parity_difference", "equalized_odds_difference"]
@@ -41,8 +47,36 @@ def _present_groups(confmat: Tensor, what: str) -> Tensor | None:
     return known[present]
 
 
+def _parity_confmat(
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    threshold: float,
+    ignore_index: int,
+    validate_args: bool,
+    task: str,
+    num_classes: int | None,
+    num_labels: int | None,
+) -> Tensor:
+    """Validated inputs -> the per-group confusion matrices of the task."""
+    num_columns = _task_arg_validation(task, num_classes, num_labels)
+    if validate_args:
+        _parity_arg_validation(num_groups, threshold, ignore_index)
+        _task_tensor_validation(preds, target, groups, num_groups, ignore_index, task, num_columns)
+    preds, target, groups = _task_format(preds, target, groups, ignore_index, task)
+    if task == "binary":
+        return _group_confmat(preds, target, groups, num_groups, threshold)
+    return _multitask_confmat(preds, target, groups, num_groups, task, threshold)
+
+
 def _demographic_parity_compute(confmat: Tensor) -> Tensor:
-    """``max_g P(y_hat=1 | g) - min_g P(y_hat=1 | g)`` over groups that have samples."""
+    """``max_g P(y_hat=1 | g) - min_g P(y_hat=1 | g)`` over groups that have samples.
+
+    ``(K, G + 1, 2, 2)`` one-vs-rest matrices give the largest value over the K columns.
+    """
+    if confmat.ndim == 4:
+        return _multitask_parity(confmat, "demographic parity difference")[0]
     cm = _present_groups(confmat, "demographic parity difference")
     if cm is None:
         return _nan_tensor(confmat.device)
@@ -52,7 +86,12 @@ def _demographic_parity_compute(confmat: Tensor) -> Tensor:
 
 
 def _equalized_odds_compute(confmat: Tensor) -> Tensor:
-    """``max(TPR spread, FPR spread)`` over groups with samples; an undefined rate counts as 0."""
+    """``max(TPR spread, FPR spread)`` over groups with samples; an undefined rate counts as 0.
+
+    ``(K, G + 1, 2, 2)`` one-vs-rest matrices give the largest value over the K columns.
+    """
+    if confmat.ndim == 4:
+        return _multitask_parity(confmat, "equalized odds difference")[1]
     cm = _present_groups(confmat, "equalized odds difference")
     if cm is None:
         return _nan_tensor(confmat.device)
@@ -72,6 +111,9 @@ def demographic_parity_difference(
     groups: Tensor,
     num_groups: int,
     *,
+    task: Task = "binary",
+    num_classes: int | None = None,
+    num_labels: int | None = None,
     threshold: float = 0.5,
     ignore_index: int = -1,
     validate_args: bool = True,
@@ -90,6 +132,11 @@ def demographic_parity_difference(
         groups: integer group ids in ``[0, num_groups)`` or ``ignore_index``, same shape.
         num_groups: number of groups G (at least 2).
         threshold: decision threshold in ``[0, 1]``.
+        task: ``"binary"`` (scores ``P(y=1)``), ``"multiclass"`` (``(N, C)`` class probabilities,
+            ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities and 0/1 labels);
+            groups are then ``(N,)``. See :func:`fairness_metrics` for the multi-column rules.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member (left out).
         validate_args: check shapes, dtypes and value ranges (costs a device sync).
 
@@ -108,11 +155,10 @@ def demographic_parity_difference(
         >>> demographic_parity_difference(preds, target, groups, num_groups=2)
         tensor(0.3333, dtype=torch.float64)
     """
-    if validate_args:
-        _parity_arg_validation(num_groups, threshold, ignore_index)
-        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_format(preds, target, groups, ignore_index)
-    confmat = _group_confmat(preds, target, groups, num_groups, threshold)
+    confmat = _parity_confmat(
+        preds, target, groups, num_groups, threshold, ignore_index, validate_args, task,
+        num_classes, num_labels,
+    )
     return _demographic_parity_compute(confmat)
 
 
@@ -122,6 +168,9 @@ def equalized_odds_difference(
     groups: Tensor,
     num_groups: int,
     *,
+    task: Task = "binary",
+    num_classes: int | None = None,
+    num_labels: int | None = None,
     threshold: float = 0.5,
     ignore_index: int = -1,
     validate_args: bool = True,
@@ -145,6 +194,11 @@ def equalized_odds_difference(
         groups: integer group ids in ``[0, num_groups)`` or ``ignore_index``, same shape.
         num_groups: number of groups G (at least 2).
         threshold: decision threshold in ``[0, 1]``.
+        task: ``"binary"`` (scores ``P(y=1)``), ``"multiclass"`` (``(N, C)`` class probabilities,
+            ``(N,)`` class ids) or ``"multilabel"`` (``(N, L)`` probabilities and 0/1 labels);
+            groups are then ``(N,)``. See :func:`fairness_metrics` for the multi-column rules.
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
         ignore_index: group id marking an unknown member (left out).
         validate_args: check shapes, dtypes and value ranges (costs a device sync).
 
@@ -163,9 +217,8 @@ def equalized_odds_difference(
         >>> equalized_odds_difference(preds, target, groups, num_groups=2)
         tensor(0.5000, dtype=torch.float64)
     """
-    if validate_args:
-        _parity_arg_validation(num_groups, threshold, ignore_index)
-        _group_tensor_validation(preds, target, groups, num_groups, ignore_index)
-    preds, target, groups = _group_format(preds, target, groups, ignore_index)
-    confmat = _group_confmat(preds, target, groups, num_groups, threshold)
+    confmat = _parity_confmat(
+        preds, target, groups, num_groups, threshold, ignore_index, validate_args, task,
+        num_classes, num_labels,
+    )
     return _equalized_odds_compute(confmat)

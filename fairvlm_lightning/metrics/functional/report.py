@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +22,26 @@ from fairvlm_lightning.metrics.functional._common import (
     _outcome,
     _preds_target_validation,
     _sort_scores,
+    _weighted_auroc,
+)
+from fairvlm_lightning.metrics.functional._multitask import (
+    Task,
+    _multitask_compute,
+    _multitask_format,
+    _multitask_preds_target_validation,
+    _multitask_replicates,
+    _task_arg_validation,
 )
 from fairvlm_lightning.metrics.functional.equity import _equity_scaled_compute
 from fairvlm_lightning.metrics.functional.parity import (
     _demographic_parity_compute,
     _equalized_odds_compute,
+)
+from fairvlm_lightning.metrics.groups import (
+    Intersection,
+    expand_attributes,
+    intersection_codes,
+    parse_intersections,
 )
 
 __all__ = ["fairness_metrics"]
@@ -48,14 +63,29 @@ def _auc_disparity_compute(per_group: Tensor, overall: Tensor) -> tuple[Tensor, 
 
 
 def _fairness_metrics_arg_validation(
-    attributes: Mapping[str, int], threshold: float, alpha: float, ignore_index: int
-) -> None:
+    attributes: Mapping[str, int],
+    threshold: float,
+    alpha: float,
+    ignore_index: int,
+    task: str = "binary",
+    num_classes: int | None = None,
+    num_labels: int | None = None,
+    intersections: Sequence[Intersection] | None = None,
+) -> int:
+    """Check the report's constructor-style arguments; return the column count K of the task."""
     if not isinstance(attributes, Mapping):
         raise TypeError(
             "`attributes` must be a mapping attribute name -> number of groups, e.g. "
             f"{{'race': 3, 'gender': 2}}, got {type(attributes).__name__}"
         )
     _fairness_arg_validation(attributes, ignore_index, threshold=threshold, alpha=alpha)
+    expanded = expand_attributes(attributes, intersections)
+    if 0 <= ignore_index < max(expanded.values()):
+        raise ValueError(
+            f"`ignore_index` must not be a valid group id of an intersection; got {ignore_index}, "
+            f"which lies in [0, {max(expanded.values())}). Use a negative value such as -1."
+        )
+    return _task_arg_validation(task, num_classes, num_labels)
 
 
 def _fairness_metrics_tensor_validation(
@@ -64,8 +94,15 @@ def _fairness_metrics_tensor_validation(
     groups: Mapping[str, Tensor],
     attributes: Mapping[str, int],
     ignore_index: int,
+    task: str = "binary",
+    num_columns: int = 1,
 ) -> None:
-    _preds_target_validation(preds, target)
+    if task == "binary":
+        _preds_target_validation(preds, target)
+        shape = preds.shape
+    else:
+        _multitask_preds_target_validation(preds, target, task, num_columns)
+        shape = preds.shape[:1]
     if not isinstance(groups, Mapping):
         raise TypeError(
             "`groups` must be a mapping attribute name -> (N,) tensor of group ids, got "
@@ -80,7 +117,7 @@ def _fairness_metrics_tensor_validation(
         )
     for name, num_groups in attributes.items():
         _groups_validation(
-            groups[name], preds.shape, num_groups, ignore_index, name=f"groups[{name!r}]"
+            groups[name], shape, num_groups, ignore_index, name=f"groups[{name!r}]"
         )
 
 
@@ -90,10 +127,26 @@ def _fairness_metrics_format(
     groups: Mapping[str, Tensor],
     attributes: Mapping[str, int],
     ignore_index: int,
+    task: str = "binary",
+    intersections: Sequence[tuple[str, ...]] = (),
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Flatten; return float64 scores, uint8 labels and an ``(N, A)`` int32 matrix of group ids."""
-    preds, target = _format_preds_target(preds, target)
+    """Return scores, labels and an ``(N, A + I)`` int32 matrix of group ids (unknown ``-1``).
+
+    Binary: flat float64 scores and uint8 labels; multi-class / multi-label: see
+    :func:`_multitask_format`. The columns are the attributes, then one per intersection (its
+    cell ids, from :func:`~fairvlm_lightning.metrics.groups.intersection_codes`).
+    """
+    if task == "binary":
+        preds, target = _format_preds_target(preds, target)
+    else:
+        preds, target = _multitask_format(preds, target, task)
     columns = [_format_groups(groups[name], ignore_index) for name in attributes]
+    index = {name: i for i, name in enumerate(attributes)}
+    for names in intersections:
+        codes = intersection_codes(
+            [columns[index[n]] for n in names], [attributes[n] for n in names], ignore_index=-1
+        )
+        columns.append(codes.to(torch.int32))
     return preds, target, torch.stack(columns, dim=1)
 
 
@@ -175,53 +228,6 @@ def _bootstrap_indices(
     """
     offset = np.minimum(np.floor(uniforms * slot_size).astype(np.int64), slot_size - 1)
     return perm[slot_start + offset]
-
-
-def _weighted_auroc(
-    block: Tensor, y: Tensor, weights: Tensor, groups: Tensor | None, num_groups: int
-) -> Tensor:
-    """Batched :func:`_auroc_from_sorted` with per-sample multiplicities ``weights`` (B, n).
-
-    ``block``, ``y``, ``groups`` are in ascending score order; returns ``(B, G)`` (``(B, 1)``
-    without groups), NaN where a replicate's group lacks a class.
-    """
-    b = weights.shape[0]
-    device = weights.device
-    if groups is None:
-        run = block
-        run_group = torch.zeros(int(block[-1]) + 1, dtype=torch.int64, device=device)
-        width = 1
-        w = weights
-        yy = y
-    else:
-        g = torch.where(groups < 0, num_groups, groups.to(torch.int64))
-        g, perm = torch.sort(g, stable=True)
-        bl = block[perm]
-        yy = y[perm]
-        w = weights[:, perm]
-        new = torch.ones(bl.numel(), dtype=torch.bool, device=device)
-        new[1:] = (bl[1:] != bl[:-1]) | (g[1:] != g[:-1])
-        run = torch.cumsum(new, 0) - 1
-        run_group = g[new]
-        width = num_groups + 1
-    num_runs = int(run[-1]) + 1
-    pos_w = w * yy
-    neg_w = w - pos_w
-    index = run.expand(b, -1)
-    pos = torch.zeros(b, num_runs, dtype=torch.int64, device=device).scatter_add_(1, index, pos_w)
-    neg = torch.zeros(b, num_runs, dtype=torch.int64, device=device).scatter_add_(1, index, neg_w)
-    zeros = torch.zeros(b, width, dtype=torch.int64, device=device)
-    neg_g = zeros.index_add(1, run_group, neg)
-    pos_g = zeros.index_add(1, run_group, pos)
-    neg_before_group = torch.cumsum(neg_g, 1) - neg_g
-    neg_below = torch.cumsum(neg, 1) - neg - neg_before_group[:, run_group]
-    twice_u = zeros.index_add(1, run_group, pos * (2 * neg_below + neg))
-    if groups is not None:
-        keep = slice(0, num_groups)
-        twice_u, pos_g, neg_g = twice_u[:, keep], pos_g[:, keep], neg_g[:, keep]
-    denom = 2 * pos_g * neg_g
-    auc = twice_u.to(torch.float64) / denom.clamp(min=1).to(torch.float64)
-    return torch.where(denom > 0, auc, torch.full_like(auc, float("nan")))
 
 
 def _batched_equity(overall: Tensor, per_group: Tensor, alpha: float) -> Tensor:
@@ -326,6 +332,7 @@ def _fairness_metrics_bootstrap(
     ci: float,
     seed: int,
     chunk: int | None = None,
+    task: str = "binary",
 ) -> dict[str, Tensor]:
     """Percentile-bootstrap intervals of every report key: ``{key}_ci_low``, ``{key}_ci_high``.
 
@@ -336,20 +343,28 @@ def _fairness_metrics_bootstrap(
     one score sort. Quantiles are linear (``numpy.quantile``'s default) over the replicates
     where the value is defined (NaN when none is).
     """
-    n = preds.numel()
+    n = preds.shape[0]
     perm, slot_start, slot_size = _bootstrap_strata(groups)
     rng = np.random.default_rng(seed)
     if chunk is None:
-        chunk = max(1, min(bootstrap, 4_000_000 // max(n, 1)))
+        columns = 1 if preds.ndim == 1 else preds.shape[1]
+        chunk = max(1, min(bootstrap, 4_000_000 // max(n * columns, 1)))
     reps: dict[str, list[Tensor]] = {}
     for start in range(0, bootstrap, chunk):
         c = min(chunk, bootstrap - start)
         idx = _bootstrap_indices(rng.random((c, n)), perm, slot_start, slot_size)
         flat = torch.from_numpy(idx + np.arange(c, dtype=np.int64)[:, None] * n).reshape(-1)
         weights = torch.bincount(flat.to(preds.device), minlength=c * n).view(c, n)
-        for key, value in _fairness_metrics_replicates(
-            preds, target, groups, attributes, threshold, alpha, weights
-        ).items():
+        replicates = (
+            _fairness_metrics_replicates(
+                preds, target, groups, attributes, threshold, alpha, weights
+            )
+            if task == "binary"
+            else _multitask_replicates(
+                preds, target, groups, attributes, task, threshold, alpha, weights
+            )
+        )
+        for key, value in replicates.items():
             reps.setdefault(key, []).append(value)
     lo_q, hi_q = (1.0 - ci) / 2.0, 1.0 - (1.0 - ci) / 2.0
     q = torch.tensor([lo_q, hi_q], dtype=torch.float64, device=preds.device)
@@ -360,12 +375,47 @@ def _fairness_metrics_bootstrap(
     return out
 
 
+def _report_compute(
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    attributes: Mapping[str, int],
+    task: str,
+    threshold: float,
+    alpha: float,
+    bootstrap: int = 0,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """The report (and its intervals) from formatted inputs of any task.
+
+    ``attributes`` holds every column of ``groups``: the attributes, then the intersections.
+    """
+    if task == "binary":
+        out = _fairness_metrics_compute(preds, target, groups, attributes, threshold, alpha)
+    else:
+        _check_not_empty(preds.shape[0])
+        out = _multitask_compute(preds, target, groups, attributes, task, threshold, alpha)
+    if bootstrap:
+        out.update(
+            _fairness_metrics_bootstrap(
+                preds, target, groups, attributes, threshold, alpha, bootstrap, ci, seed,
+                task=task,
+            )
+        )
+    return out
+
+
 def fairness_metrics(
     preds: Tensor,
     target: Tensor,
     groups: Mapping[str, Tensor],
     attributes: Mapping[str, int],
     *,
+    task: Task = "binary",
+    num_classes: int | None = None,
+    num_labels: int | None = None,
+    intersections: Sequence[Intersection] | None = None,
     threshold: float = 0.5,
     alpha: float = 1.0,
     ignore_index: int = -1,
@@ -376,8 +426,8 @@ def fairness_metrics(
 ) -> dict[str, Tensor]:
     """The FairVLMed fairness report for several protected attributes at once.
 
-    One sort of the scores serves the overall AUC and every group AUC of every attribute. Keys
-    (stable, ready for ``LightningModule.log_dict``):
+    One sort of the scores (per class or label) serves the overall AUC and every group AUC of
+    every attribute. Keys (stable, ready for ``LightningModule.log_dict``):
 
     * ``auc``, ``acc`` -- over all samples, unknown group members included;
     * per attribute ``a``: ``a/es_auc``, ``a/es_acc`` (see :func:`equity_scaled_auroc`,
@@ -385,16 +435,38 @@ def fairness_metrics(
       if undefined), ``a/dpd`` (:func:`demographic_parity_difference`), ``a/deodds``
       (:func:`equalized_odds_difference`, fairlearn's rule that an undefined rate counts as 0),
       ``a/auc_std_disparity`` (population std of the defined group AUCs / AUC, as the FairCLIP
-      code) and ``a/auc_max_disparity`` ((max - min) of the defined group AUCs / AUC).
+      code) and ``a/auc_max_disparity`` ((max - min) of the defined group AUCs / AUC);
+    * per intersection (``intersections=[("race", "gender")]``) the same keys under
+      ``race*gender/``, whose group ``r * n_gender + s`` is the cell of race ``r`` and gender
+      ``s`` (unknown where either is; see :mod:`fairvlm_lightning.metrics.groups`).
+
+    ``task="multiclass"`` (``preds`` ``(N, C)`` class probabilities, ``target`` ``(N,)`` class
+    ids) computes the FairCLIP code's multi-class branch: ``auc`` and every group AUC are the
+    macro one-vs-rest AUC over the one-hot labels, ``acc`` and the group accuracies are taken by
+    argmax. ``task="multilabel"`` (``preds`` and ``target`` ``(N, L)``, multi-hot) uses the same
+    formulas with the macro AUC over labels and the mean over labels of the thresholded
+    accuracy. An AUC undefined for a class or label (one class only) is left out of the macro
+    average, with a warning. ``a/dpd`` and ``a/deodds`` are the largest one-vs-rest value over
+    classes or labels. These tasks add per-column keys, with ``c`` = ``class`` or ``label``:
+    ``auc_{c}_{k}``, and per attribute ``a/es_auc_{c}_{k}``, ``a/auc_group_{g}_{c}_{k}``,
+    ``a/dpd_{c}_{k}``, ``a/deodds_{c}_{k}``. See ``docs/metrics.md`` for the definitions.
 
     Args:
-        preds: scores ``P(y = 1)`` in ``[0, 1]``, any floating dtype (computed in float64).
-        target: labels 0/1 (integer or bool), same shape as ``preds``.
-        groups: mapping attribute name -> integer group ids (same shape as ``preds``), with
-            exactly the keys of ``attributes``.
+        preds: binary: scores ``P(y = 1)`` in ``[0, 1]`` (any shape); multi-class: ``(N, C)``
+            class probabilities; multi-label: ``(N, L)`` label probabilities. Any floating
+            dtype, computed in float64.
+        target: binary: labels 0/1 (integer or bool), same shape as ``preds``; multi-class:
+            ``(N,)`` class ids in ``[0, C)``; multi-label: ``(N, L)`` 0/1.
+        groups: mapping attribute name -> integer group ids (binary: same shape as ``preds``;
+            otherwise ``(N,)``), with exactly the keys of ``attributes``.
         attributes: mapping attribute name -> number of groups (each at least 2).
+        task: ``"binary"``, ``"multiclass"`` or ``"multilabel"`` (torchmetrics' convention).
+        num_classes: number of classes C (``task="multiclass"`` only).
+        num_labels: number of labels L (``task="multilabel"`` only).
+        intersections: attribute tuples (or ``"race*gender"`` strings) reported as one
+            intersectional attribute each.
         threshold: decision threshold (``preds >= threshold`` is positive) for accuracy, DPD and
-            DEOdds.
+            DEOdds (binary and multi-label; multi-class decides by argmax).
         alpha: weight of the disparity term of the equity-scaled metrics.
         ignore_index: group id marking an unknown member.
         validate_args: check shapes, dtypes, keys and value ranges (costs a device sync).
@@ -412,8 +484,8 @@ def fairness_metrics(
 
     Raises:
         ValueError: on a shape mismatch, scores outside ``[0, 1]``, a non-binary target, a group
-            id out of range, missing or unexpected attribute keys, fewer than 2 groups or empty
-            input.
+            id out of range, missing or unexpected attribute keys, fewer than 2 groups, a bad
+            task or intersection, or empty input.
 
     Example:
         >>> import torch
@@ -430,22 +502,28 @@ def fairness_metrics(
         >>> ci = fairness_metrics(preds, target, groups, {"gender": 2}, bootstrap=200, seed=0)
         >>> bool(ci["auc_ci_low"] <= ci["auc"] <= ci["auc_ci_high"])
         True
+        >>> probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5],
+        ...                       [0.3, 0.4, 0.3], [0.5, 0.1, 0.4], [0.1, 0.2, 0.7]])
+        >>> classes = torch.tensor([0, 1, 2, 0, 1, 2])
+        >>> multi = fairness_metrics(probs, classes, groups, {"gender": 2},
+        ...                          task="multiclass", num_classes=3)
+        >>> multi["acc"], multi["auc_class_2"]
+        (tensor(0.6667, dtype=torch.float64), tensor(1., dtype=torch.float64))
     """
     _bootstrap_arg_validation(bootstrap, ci, seed)
     if validate_args:
-        _fairness_metrics_arg_validation(attributes, threshold, alpha, ignore_index)
-        _fairness_metrics_tensor_validation(preds, target, groups, attributes, ignore_index)
-    preds, target, groups_matrix = _fairness_metrics_format(
-        preds, target, groups, attributes, ignore_index
-    )
-    out = _fairness_metrics_compute(
-        preds, target, groups_matrix, dict(attributes), threshold, alpha
-    )
-    if bootstrap:
-        out.update(
-            _fairness_metrics_bootstrap(
-                preds, target, groups_matrix, dict(attributes), threshold, alpha, bootstrap,
-                float(ci), seed,
-            )
+        num_columns = _fairness_metrics_arg_validation(
+            attributes, threshold, alpha, ignore_index, task, num_classes, num_labels,
+            intersections,
         )
-    return out
+        _fairness_metrics_tensor_validation(
+            preds, target, groups, attributes, ignore_index, task, num_columns
+        )
+    parsed = parse_intersections(intersections, attributes)
+    preds, target, groups_matrix = _fairness_metrics_format(
+        preds, target, groups, attributes, ignore_index, task, parsed
+    )
+    return _report_compute(
+        preds, target, groups_matrix, expand_attributes(attributes, parsed), task, threshold,
+        alpha, bootstrap, float(ci), seed,
+    )
