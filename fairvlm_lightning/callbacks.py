@@ -77,12 +77,14 @@ _OWN_ARGS = (
 class DynamicBadPairMining(Callback):
     """Dynamic Bad Pair Mining for any ``Trainer``: records per-pair losses, flags bad pairs.
 
-    The module's ``training_step`` must (1) call :meth:`pair_weights` (the module can find the
-    callback with :func:`find_bad_pair_mining`) and multiply its (B,) raw per-pair losses by the
-    weights before reducing, and (2) return ``{"loss": ..., "pair_losses": <(B,) raw losses,
-    detached>, "index": batch["index"]}`` (``index`` may be omitted when the batch is a mapping
-    with an ``"index"`` entry). Returning ``None`` skips the batch, as in Lightning. See the
-    module docstring for a complete 15-line example.
+    The module's ``training_step`` must (1) call :meth:`pair_weights` and multiply its (B,) raw
+    per-pair losses by the weights before reducing (the module can find the callback with
+    :func:`find_bad_pair_mining`, or define ``set_pair_weight_provider(fn)`` and
+    ``pair_weight_provider``: the callback then registers :meth:`pair_weights` there at
+    ``on_train_start`` and removes it at the end of fit), and (2) return ``{"loss": ...,
+    "pair_losses": <(B,) raw losses, detached>, "index": batch["index"]}`` (``index`` may be
+    omitted when the batch is a mapping with an ``"index"`` entry). Returning ``None`` skips the
+    batch, as in Lightning. See the module docstring for a complete 15-line example.
 
     The rule is a :class:`~fairvlm_lightning.mining.MinerSpec` (statistic, rule, scope,
     warm-up; the paper's by default); the miner is built from it at fit start with
@@ -154,7 +156,7 @@ class DynamicBadPairMining(Callback):
             memory afresh instead of raising.
         **options: today's flat miner options (``warmup_epochs``, ``beta_noisy``,
             ``beta_faulty``, ``weighting``, ``statistic``, ``location``, ``scope``,
-            ``min_group_size``, ``ema_decay``, ``max_weight``), a shorthand for
+            ``min_cell_size``, ``ema_decay``, ``max_weight``), a shorthand for
             ``miner=MinerSpec(**options)``.
 
     Example:
@@ -281,7 +283,9 @@ class DynamicBadPairMining(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build the miner (from the dataset length if needed), check the data fingerprint.
 
-        Then move the state to the module's device.
+        Then move the state to the module's device and, when the module has
+        ``set_pair_weight_provider`` (:class:`~fairvlm_lightning.FairVLMModule` does), register
+        :meth:`pair_weights` there; it is removed again at the end of fit.
         """
         self._strategy = getattr(trainer, "strategy", None)
         if self.miner is None:
@@ -298,6 +302,28 @@ class DynamicBadPairMining(Callback):
         self.group_values = {k: v.to(device) for k, v in self.group_values.items()}
         if self.truth is not None:
             self.truth = self.truth.to(device)
+        find_bad_pair_mining(trainer)  # raises when the trainer has two such callbacks
+        register = getattr(pl_module, "set_pair_weight_provider", None)
+        if callable(register):
+            register(self.pair_weights)
+
+    def _unregister(self, pl_module: pl.LightningModule) -> None:
+        """Remove this callback's weights from the module (if they are still registered)."""
+        register = getattr(pl_module, "set_pair_weight_provider", None)
+        if callable(register) and getattr(pl_module, "pair_weight_provider", None) == (
+            self.pair_weights
+        ):
+            register(None)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the weights registered at ``on_train_start``."""
+        self._unregister(pl_module)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Remove the registered weights when fit stops with an exception."""
+        self._unregister(pl_module)
 
     @staticmethod
     def _train_fingerprint(trainer: pl.Trainer) -> str | None:

@@ -17,7 +17,7 @@ The statistic, the scope and the rule are small objects
 (:mod:`fairvlm_lightning.mining.strategies`): ``MeanLoss``/``EmaLoss``, ``Scope``,
 ``ThresholdRule`` (with ``MeanStd``/``MedianMad``) and ``GaussianMixtureRule``. Today's flat
 options (``statistic="ema"``, ``location="median"``, ``scope=("race",)``, ``beta_faulty=...``,
-``weighting=...``, ``min_group_size``, ``ema_decay``, ``max_weight``) still work and build the
+``weighting=...``, ``min_cell_size``, ``ema_decay``, ``max_weight``) still work and build the
 same objects (:func:`~fairvlm_lightning.mining.strategies.strategies_from_options`).
 
 The loop contract is three calls: :meth:`BadPairMiner.weights` before reducing the loss,
@@ -200,14 +200,14 @@ class MinerSpec:
     training set's, known at fit start) and what a LightningCLI YAML configures with nested
     ``class_path``/``init_args``. ``None`` means the paper's choice. Today's flat options
     (``beta_faulty=``, ``weighting=``, ``location=``, ``statistic="ema"``, ``scope=("race",)``,
-    ``min_group_size=``, ``ema_decay=``, ``max_weight=``) are accepted and build the same
+    ``min_cell_size=``, ``ema_decay=``, ``max_weight=``) are accepted and build the same
     objects.
 
     Args:
         warmup_epochs: no pair is flagged during the first ``max(warmup_epochs, 1)`` epochs.
         statistic: ``MeanLoss()`` (paper), ``EmaLoss(decay)``, or ``"mean"``/``"ema"``.
         rule: ``ThresholdRule(...)`` (paper with its defaults) or ``GaussianMixtureRule(...)``.
-        scope: ``Scope(attributes, min_group_size)`` or a sequence of attribute names; ``()``
+        scope: ``Scope(attributes, min_cell_size)`` or a sequence of attribute names; ``()``
             (paper) judges all pairs together.
         **options: the flat options above.
 
@@ -306,7 +306,7 @@ class BadPairMiner:
         device: where the state lives; keep it on the training device so that ``record`` and
             ``weights`` need no host transfer (:meth:`to` moves it later).
         **options: today's flat options (``beta_noisy``, ``beta_faulty``, ``weighting``,
-            ``location``, ``max_weight``, ``min_group_size``, ``ema_decay``), which build the
+            ``location``, ``max_weight``, ``min_cell_size``, ``ema_decay``), which build the
             same objects.
 
     Example:
@@ -704,7 +704,7 @@ class BadPairMiner:
         if cells is not None:
             stats.num_cells = cells[1][-1]
             stats.cell_names = _cell_names(cells[1])
-            stats.min_group_size = self.scope.min_group_size
+            stats.min_cell_size = self.scope.min_cell_size
             if keep_values:
                 stats.value_cells = (
                     torch.cat(kept_cells) if kept_cells else torch.zeros(0, dtype=torch.long)
