@@ -290,7 +290,9 @@ def test_fairness_weight_defaults_to_one_with_a_term_and_zero_without() -> None:
     plain = FairVLMModule(tiny_config())
     assert plain.fairness is None and plain.fairness_weight == 0.0
     with_term = FairVLMModule(
-        tiny_config(), fairness=SinkhornFairnessLoss(backend="exact1d"), fairness_attributes=["race"]
+        tiny_config(),
+        fairness=SinkhornFairnessLoss(backend="exact1d"),
+        fairness_attributes=["race"],
     )
     assert with_term.fairness_weight == 1.0
     with_term.load_state_dict(plain.state_dict())
