@@ -642,6 +642,20 @@ class BadPairMiner:
         if sync:  # every rank gets the global sums, then folds them and clears them
             self._all_reduce_current(group)
         self._replicated = False
+        stats = self._fold_epoch(cells)
+        count_h = stats.count
+        self.fit = self.rule.fit(stats)
+        del stats
+        self._warn_fit()
+        self._flag(cells, count_h)
+        return self.summary()
+
+    def _fold_epoch(self, cells: tuple[list[Tensor], list[int]] | None) -> CellStatistics:
+        """Pass 1: fold the current epoch into the history; the statistics the rule fits on.
+
+        Mean and M2 of the statistic are chunk-wise two-pass statistics merged with Chan et
+        al.'s parallel update, in float64.
+        """
         n = self.num_pairs
         num_seen = 0
         keep_values = self.rule.needs_values
@@ -649,8 +663,6 @@ class BadPairMiner:
         kept_cells: list[Tensor] = []
         moments = cells is not None and self.rule.needs_cell_moments
         cell_acc = _CellMoments(cells[1]) if moments and cells is not None else None
-        # pass 1: fold, and mean / M2 of the statistic (chunk-wise two-pass statistics
-        # merged with Chan et al.'s parallel update, in float64)
         count_h, mean_h, m2_h = 0, 0.0, 0.0
         low, high = math.inf, -math.inf
         for s in range(0, n, _CHUNK):
@@ -711,17 +723,16 @@ class BadPairMiner:
                 )
             if cell_acc is not None:
                 stats.cell_moments = cell_acc.result()
-        self.fit = self.rule.fit(stats)
-        del stats, kept, kept_cells
-        self._warn_fit()
+        return stats
 
-        # pass 2: flags (a pair without history is never flagged)
+    def _flag(self, cells: tuple[list[Tensor], list[int]] | None, count_h: int) -> None:
+        """Pass 2: flags from the fitted rule (a pair without history is never flagged)."""
         self.num_noisy = self.num_faulty = 0
         if not (self.flags_active and count_h > 0):
             self._flags.zero_()
             if self._keep is not None:
                 self._keep.fill_(_KEEP_ONE)
-            return self.summary()
+            return
         for s, e, stat, cell_ids in self._iter_chunks(cells):
             has = ~torch.isnan(stat)
             judged = self.rule.judge(self.fit, stat, cell_ids)
@@ -735,7 +746,6 @@ class BadPairMiner:
                 )
             self.num_noisy += int(noisy.sum())
             self.num_faulty += int(faulty.sum())
-        return self.summary()
 
     def _iter_chunks(
         self, cells: tuple[list[Tensor], list[int]] | None
