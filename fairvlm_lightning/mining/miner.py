@@ -193,6 +193,119 @@ def _cell_names(strides: list[int]) -> list[tuple[int, ...]]:
     ]
 
 
+def _check_batch(
+    index: Any, losses: Any, num_pairs: int, device: torch.device, where: str
+) -> tuple[Tensor, Tensor]:
+    """``index`` as long on ``device`` and the detached ``losses``, after the checks."""
+    if not isinstance(index, Tensor):
+        raise TypeError(f"{where}: index must be a torch.Tensor, got {type(index).__name__}")
+    if not isinstance(losses, Tensor):
+        raise TypeError(f"{where}: losses must be a torch.Tensor, got {type(losses).__name__}")
+    if not is_integer_tensor(index):
+        raise TypeError(f"{where}: index must be an integer tensor, got {index.dtype}")
+    if not losses.is_floating_point():
+        raise TypeError(f"{where}: losses must be a floating-point tensor, got {losses.dtype}")
+    if index.ndim != 1 or losses.ndim != 1 or index.shape[0] != losses.shape[0]:
+        raise ValueError(
+            f"{where}: index and losses must both be 1-D of the same length (B,), got index "
+            f"shape {tuple(index.shape)} and losses shape {tuple(losses.shape)}"
+        )
+    if index.numel():
+        lo, hi = (int(v) for v in torch.aminmax(index))
+        if lo < 0 or hi >= num_pairs:
+            raise ValueError(
+                f"{where}: index out of range [0, {num_pairs}): got values in "
+                f"[{lo}, {hi}] (num_pairs={num_pairs})"
+            )
+    return index.to(device, torch.long), losses.detach()
+
+
+def _check_groups(
+    groups: Mapping[str, Tensor] | None,
+    attributes: tuple[str, ...],
+    num_pairs: int,
+    device: torch.device,
+) -> tuple[list[Tensor], list[int]] | None:
+    """Validate ``groups`` for the scope; return the id tensors and the cumulative strides.
+
+    The cell of a pair is ``sum_a g_a * stride_a`` (mixed radix over the scope attributes,
+    radix = 1 + the largest id); the last stride is the number of cells.
+    """
+    if not attributes:
+        return None
+    if groups is None or not isinstance(groups, Mapping):
+        raise ValueError(
+            f"BadPairMiner.end_epoch: scope={attributes} needs groups={{attribute: "
+            f"(num_pairs,) group ids}}, got {type(groups).__name__}"
+        )
+    tensors, strides = [], [1]
+    for attr in attributes:
+        if attr not in groups:
+            raise ValueError(
+                f"BadPairMiner.end_epoch: groups lacks scope attribute {attr!r}; got keys "
+                f"{sorted(groups)}"
+            )
+        g = groups[attr]
+        if not isinstance(g, Tensor) or g.shape != (num_pairs,):
+            got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+            raise ValueError(
+                f"BadPairMiner.end_epoch: groups[{attr!r}] must be a tensor of shape "
+                f"({num_pairs},), got {got}"
+            )
+        check_integer_ids(g, f"groups[{attr!r}]", error=ValueError)
+        lo, hi = (int(v) for v in torch.aminmax(g)) if g.numel() else (0, 0)
+        if lo < -1:
+            raise ValueError(f"groups[{attr!r}] values must be >= -1 (-1 = unknown), got {lo}")
+        tensors.append(g.to(device))
+        strides.append(strides[-1] * (max(hi, 0) + 1))
+    if strides[-1] > _MAX_CELLS:
+        raise ValueError(
+            f"scope {attributes} makes {strides[-1]} group cells; at most {_MAX_CELLS}"
+        )
+    return tensors, strides
+
+
+def _check_state(
+    state: Any,
+    required: Sequence[str],
+    per_pair: Mapping[str, torch.dtype],
+    num_pairs: int,
+    statistic: str,
+    rule: str,
+) -> None:
+    """Refuse a :meth:`BadPairMiner.state_dict` this miner cannot take (see its ``Raises``)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f"BadPairMiner state is missing keys {missing}")
+    if int(state["num_pairs"]) != num_pairs:
+        raise ValueError(
+            f"BadPairMiner state has num_pairs={state['num_pairs']} but this miner has "
+            f"num_pairs={num_pairs}; the training set changed size"
+        )
+    for name, dtype in per_pair.items():
+        t = state[name]
+        if not isinstance(t, Tensor) or t.shape != (num_pairs,) or t.dtype != dtype:
+            got = (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(
+                f"BadPairMiner state[{name!r}] must be a {dtype} tensor of shape "
+                f"({num_pairs},), got {got}"
+            )
+    saved_statistic = statistic_name(state.get("statistic", 0))
+    if saved_statistic != statistic:
+        raise ValueError(
+            f"BadPairMiner state was saved with statistic={saved_statistic!r} but this miner "
+            f"has statistic={statistic!r}; the stored history means different things"
+        )
+    saved_rule = rule_name(state.get("rule", ThresholdRule.code))
+    if saved_rule != rule:
+        raise ValueError(
+            f"BadPairMiner state was saved with rule {saved_rule} but this miner has "
+            f"{rule}; its flags and fit mean different things"
+        )
+
+
 class MinerSpec:
     """A configured miner without its size: the statistic, rule, scope and warm-up.
 
@@ -516,29 +629,6 @@ class BadPairMiner:
         return self
 
     # ------------------------------------------------------------------ input checks
-    def _check_batch(self, index: Any, losses: Any, where: str) -> tuple[Tensor, Tensor]:
-        if not isinstance(index, Tensor):
-            raise TypeError(f"{where}: index must be a torch.Tensor, got {type(index).__name__}")
-        if not isinstance(losses, Tensor):
-            raise TypeError(f"{where}: losses must be a torch.Tensor, got {type(losses).__name__}")
-        if not is_integer_tensor(index):
-            raise TypeError(f"{where}: index must be an integer tensor, got {index.dtype}")
-        if not losses.is_floating_point():
-            raise TypeError(f"{where}: losses must be a floating-point tensor, got {losses.dtype}")
-        if index.ndim != 1 or losses.ndim != 1 or index.shape[0] != losses.shape[0]:
-            raise ValueError(
-                f"{where}: index and losses must both be 1-D of the same length (B,), got index "
-                f"shape {tuple(index.shape)} and losses shape {tuple(losses.shape)}"
-            )
-        if index.numel():
-            lo, hi = (int(v) for v in torch.aminmax(index))
-            if lo < 0 or hi >= self.num_pairs:
-                raise ValueError(
-                    f"{where}: index out of range [0, {self.num_pairs}): got values in "
-                    f"[{lo}, {hi}] (num_pairs={self.num_pairs})"
-                )
-        return index.to(self.device, torch.long), losses.detach()
-
     # ------------------------------------------------------------------ the loop contract
     def record(self, index: Tensor, losses: Tensor) -> None:
         """Add a batch of raw per-pair losses of the current epoch.
@@ -554,7 +644,7 @@ class BadPairMiner:
             TypeError: if ``index`` is not an integer tensor or ``losses`` not a float tensor.
             ValueError: on a shape mismatch or an index outside ``[0, num_pairs)``.
         """
-        index, losses = self._check_batch(index, losses, "record")
+        index, losses = _check_batch(index, losses, self.num_pairs, self.device, "record")
         self._drop_replica()
         values = losses.to(self.device, torch.float32)
         finite = torch.isfinite(values)
@@ -573,7 +663,7 @@ class BadPairMiner:
         Returns:
             (B,) tensor with ``losses``' dtype and device, without gradient.
         """
-        index, losses = self._check_batch(index, losses, "weights")
+        index, losses = _check_batch(index, losses, self.num_pairs, self.device, "weights")
         if self._keep is None and self.num_noisy + self.num_faulty == 0:
             return torch.ones_like(losses)
         flagged = (self._flags.index_select(0, index) != NOT_FLAGGED).to(losses.device)
@@ -638,7 +728,7 @@ class BadPairMiner:
         """
         if self.epochs_completed >= _MAX_EPOCHS:
             raise RuntimeError(f"BadPairMiner supports at most {_MAX_EPOCHS} epochs")
-        cells = self._check_groups(groups)
+        cells = _check_groups(groups, self.scope.attributes, self.num_pairs, self.device)
         if sync:  # every rank gets the global sums, then folds them and clears them
             self._all_reduce_current(group)
         self._replicated = False
@@ -767,48 +857,6 @@ class BadPairMiner:
         return read
 
     # ------------------------------------------------------------------ group cells
-    def _check_groups(
-        self, groups: Mapping[str, Tensor] | None
-    ) -> tuple[list[Tensor], list[int]] | None:
-        """Validate ``groups`` for the scope; return the id tensors and the cumulative strides.
-
-        The cell of a pair is ``sum_a g_a * stride_a`` (mixed radix over the scope attributes,
-        radix = 1 + the largest id); the last stride is the number of cells.
-        """
-        attributes = self.scope.attributes
-        if not attributes:
-            return None
-        if groups is None or not isinstance(groups, Mapping):
-            raise ValueError(
-                f"BadPairMiner.end_epoch: scope={attributes} needs groups={{attribute: "
-                f"(num_pairs,) group ids}}, got {type(groups).__name__}"
-            )
-        tensors, strides = [], [1]
-        for attr in attributes:
-            if attr not in groups:
-                raise ValueError(
-                    f"BadPairMiner.end_epoch: groups lacks scope attribute {attr!r}; got keys "
-                    f"{sorted(groups)}"
-                )
-            g = groups[attr]
-            if not isinstance(g, Tensor) or g.shape != (self.num_pairs,):
-                got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
-                raise ValueError(
-                    f"BadPairMiner.end_epoch: groups[{attr!r}] must be a tensor of shape "
-                    f"({self.num_pairs},), got {got}"
-                )
-            check_integer_ids(g, f"groups[{attr!r}]", error=ValueError)
-            lo, hi = (int(v) for v in torch.aminmax(g)) if g.numel() else (0, 0)
-            if lo < -1:
-                raise ValueError(f"groups[{attr!r}] values must be >= -1 (-1 = unknown), got {lo}")
-            tensors.append(g.to(self.device))
-            strides.append(strides[-1] * (max(hi, 0) + 1))
-        if strides[-1] > _MAX_CELLS:
-            raise ValueError(
-                f"scope {attributes} makes {strides[-1]} group cells; at most {_MAX_CELLS}"
-            )
-        return tensors, strides
-
     def _cell_chunk(self, cells: tuple[list[Tensor], list[int]], s: int, e: int) -> Tensor:
         tensors, strides = cells
         if len(tensors) == 1:  # one attribute: the cell is the id (-1 = unknown)
@@ -913,41 +961,17 @@ class BadPairMiner:
             ValueError: on a missing key, a different ``num_pairs``, statistic or rule class,
                 or a tensor of the wrong shape or dtype.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
         per_pair = dict(_PER_PAIR)
         if self._keep is not None:
             per_pair["keep_weight"] = torch.uint8
-        required = ("num_pairs", *self._COUNTERS, *self._FIT_SCALARS, *per_pair)
-        missing = [k for k in required if k not in state]
-        if missing:
-            raise ValueError(f"BadPairMiner state is missing keys {missing}")
-        if int(state["num_pairs"]) != self.num_pairs:
-            raise ValueError(
-                f"BadPairMiner state has num_pairs={state['num_pairs']} but this miner has "
-                f"num_pairs={self.num_pairs}; the training set changed size"
-            )
-        for name, dtype in per_pair.items():
-            t = state[name]
-            if not isinstance(t, Tensor) or t.shape != (self.num_pairs,) or t.dtype != dtype:
-                got = (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t).__name__
-                raise ValueError(
-                    f"BadPairMiner state[{name!r}] must be a {dtype} tensor of shape "
-                    f"({self.num_pairs},), got {got}"
-                )
-        saved_statistic = statistic_name(state.get("statistic", 0))
-        if saved_statistic != self.statistic.name:
-            raise ValueError(
-                f"BadPairMiner state was saved with statistic={saved_statistic!r} but this miner "
-                f"has statistic={self.statistic.name!r}; the stored history means different "
-                "things"
-            )
-        saved_rule = rule_name(state.get("rule", ThresholdRule.code))
-        if saved_rule != type(self.rule).__name__:
-            raise ValueError(
-                f"BadPairMiner state was saved with rule {saved_rule} but this miner has "
-                f"{type(self.rule).__name__}; its flags and fit mean different things"
-            )
+        _check_state(
+            state,
+            ("num_pairs", *self._COUNTERS, *self._FIT_SCALARS, *per_pair),
+            per_pair,
+            self.num_pairs,
+            self.statistic.name,
+            type(self.rule).__name__,
+        )
         for name, target in self._per_pair_tensors().items():
             target.copy_(state[name])
         mu, sigma, lo, hi = (float(state[name]) for name in self._FIT_SCALARS)
