@@ -585,6 +585,7 @@ def _check_group(key: str, index: Tensor, batch: Any) -> Tensor:
             )
     return values
 
+
 def _check_truth(key: str, index: Tensor, batch: Any) -> Tensor:
     """``batch[key]``: the truly-bad flags (bool or 0/1) shaped like ``index``."""
     if not isinstance(batch, Mapping) or key not in batch:

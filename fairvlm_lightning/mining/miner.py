@@ -65,6 +65,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fairvlm_lightning.mining.mixture import Chunks
 from fairvlm_lightning.mining.strategies import (
     FAULTY,
     NOISY,
@@ -183,6 +184,92 @@ class _CellMoments:
             sd = math.sqrt(max(float(self.m2[c]), 0.0) / n) if n else math.nan
             out.append((n, float(self.mean[c]) if n else math.nan, sd))
         return out
+
+
+def _cell_chunk(cells: tuple[list[Tensor], list[int]], s: int, e: int) -> Tensor:
+    """Group-cell id of pairs ``s:e`` (mixed radix over the scope attributes; -1 = unknown)."""
+    tensors, strides = cells
+    if len(tensors) == 1:  # one attribute: the cell is the id (-1 = unknown)
+        return tensors[0][s:e].long()
+    device = tensors[0].device
+    cell = torch.zeros(e - s, dtype=torch.int32, device=device)
+    unknown = torch.zeros(e - s, dtype=torch.bool, device=device)
+    for g, stride in zip(tensors, strides, strict=False):
+        v = g[s:e]
+        unknown |= v < 0
+        cell.add_(v.clamp_min(0), alpha=stride)
+    return cell.masked_fill_(unknown, -1).long()
+
+
+class _FoldStatistics:
+    """What the rule fits on, accumulated chunk by chunk while an epoch is folded.
+
+    Count, mean and M2 of the statistic of the pairs with history are chunk-wise two-pass
+    statistics merged with Chan et al.'s parallel update, in float64; the values themselves
+    (and their cells) are kept for rules that need them, per-cell moments for those that need
+    them.
+    """
+
+    def __init__(
+        self, cells: tuple[list[Tensor], list[int]] | None, keep_values: bool, moments: bool
+    ) -> None:
+        self.cells = cells
+        self.keep_values = keep_values
+        self.cell_acc = _CellMoments(cells[1]) if moments and cells is not None else None
+        self.needs_cells = cells is not None and (keep_values or self.cell_acc is not None)
+        self.kept: list[Tensor] = []
+        self.kept_cells: list[Tensor] = []
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, values: Tensor, cell: Tensor | None) -> None:
+        """One chunk's float64 statistic of the pairs with history (and their cell ids)."""
+        if values.numel():
+            n_c = values.numel()
+            mean_c = float(values.mean())
+            m2_c = float(((values - mean_c) ** 2).sum())
+            total = self.count + n_c
+            delta = mean_c - self.mean
+            self.mean += delta * n_c / total
+            self.m2 += m2_c + delta * delta * self.count * n_c / total
+            self.count = total
+            self.low = min(self.low, float(values.min()))
+            self.high = max(self.high, float(values.max()))
+        if cell is not None:
+            if self.keep_values:
+                self.kept_cells.append(cell.cpu())
+            if self.cell_acc is not None:
+                self.cell_acc.add(cell, values)
+        if self.keep_values:
+            self.kept.append(values.cpu())
+
+    def statistics(self, chunks: Chunks, min_cell_size: int) -> CellStatistics:
+        """The :class:`CellStatistics` of the folded epoch."""
+        stats = CellStatistics(
+            count=self.count,
+            mean=self.mean,
+            m2=self.m2,
+            chunks=chunks,
+            minimum=self.low if self.count else math.nan,
+            maximum=self.high if self.count else math.nan,
+        )
+        if self.keep_values:
+            stats.values = (
+                torch.cat(self.kept) if self.kept else torch.zeros(0, dtype=torch.float64)
+            )
+        if self.cells is not None:
+            stats.num_cells = self.cells[1][-1]
+            stats.cell_names = _cell_names(self.cells[1])
+            stats.min_cell_size = min_cell_size
+            if self.keep_values:
+                stats.value_cells = (
+                    torch.cat(self.kept_cells)
+                    if self.kept_cells
+                    else torch.zeros(0, dtype=torch.long)
+                )
+            if self.cell_acc is not None:
+                stats.cell_moments = self.cell_acc.result()
+        return stats
 
 
 def _cell_names(strides: list[int]) -> list[tuple[int, ...]]:
@@ -741,22 +828,11 @@ class BadPairMiner:
         return self.summary()
 
     def _fold_epoch(self, cells: tuple[list[Tensor], list[int]] | None) -> CellStatistics:
-        """Pass 1: fold the current epoch into the history; the statistics the rule fits on.
-
-        Mean and M2 of the statistic are chunk-wise two-pass statistics merged with Chan et
-        al.'s parallel update, in float64.
-        """
-        n = self.num_pairs
+        """Pass 1: fold the current epoch into the history; the statistics the rule fits on."""
+        acc = _FoldStatistics(cells, self.rule.needs_values, self.rule.needs_cell_moments)
         num_seen = 0
-        keep_values = self.rule.needs_values
-        kept: list[Tensor] = []  # the statistic of pairs with history (rules that need them)
-        kept_cells: list[Tensor] = []
-        moments = cells is not None and self.rule.needs_cell_moments
-        cell_acc = _CellMoments(cells[1]) if moments and cells is not None else None
-        count_h, mean_h, m2_h = 0, 0.0, 0.0
-        low, high = math.inf, -math.inf
-        for s in range(0, n, _CHUNK):
-            e = min(s + _CHUNK, n)
+        for s in range(0, self.num_pairs, _CHUNK):
+            e = min(s + _CHUNK, self.num_pairs)
             count = self._current_count[s:e]
             seen = count > 0
             epoch_mean = torch.where(seen, self._current_sum[s:e] / count, 0.0)
@@ -768,52 +844,14 @@ class BadPairMiner:
             count.zero_()
             num_seen += int(seen.sum())
             has = self._history_count[s:e] > 0
-            values = self._stat(s, e)[has].double()
-            if values.numel():
-                n_c = values.numel()
-                mean_c = float(values.mean())
-                m2_c = float(((values - mean_c) ** 2).sum())
-                total = count_h + n_c
-                delta = mean_c - mean_h
-                mean_h += delta * n_c / total
-                m2_h += m2_c + delta * delta * count_h * n_c / total
-                count_h = total
-                low, high = min(low, float(values.min())), max(high, float(values.max()))
-            if cells is not None and (keep_values or cell_acc is not None):
-                cell = self._cell_chunk(cells, s, e)[has]
-                if keep_values:
-                    kept_cells.append(cell.cpu())
-                if cell_acc is not None:
-                    cell_acc.add(cell, values)
-            if keep_values:
-                kept.append(values.cpu())
+            cell = _cell_chunk(cells, s, e)[has] if acc.needs_cells and cells else None
+            acc.add(self._stat(s, e)[has].double(), cell)
         self._nonfinite_total += int(self._nonfinite_pending)
         self._nonfinite_pending.zero_()
         self.epochs_completed += 1
         self.num_seen_last_epoch = num_seen
-        self.num_with_history = count_h
-
-        stats = CellStatistics(
-            count=count_h,
-            mean=mean_h,
-            m2=m2_h,
-            chunks=self._chunks(cells),
-            minimum=low if count_h else math.nan,
-            maximum=high if count_h else math.nan,
-        )
-        if keep_values:
-            stats.values = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.float64)
-        if cells is not None:
-            stats.num_cells = cells[1][-1]
-            stats.cell_names = _cell_names(cells[1])
-            stats.min_cell_size = self.scope.min_cell_size
-            if keep_values:
-                stats.value_cells = (
-                    torch.cat(kept_cells) if kept_cells else torch.zeros(0, dtype=torch.long)
-                )
-            if cell_acc is not None:
-                stats.cell_moments = cell_acc.result()
-        return stats
+        self.num_with_history = acc.count
+        return acc.statistics(self._chunks(cells), self.scope.min_cell_size)
 
     def _flag(self, cells: tuple[list[Tensor], list[int]] | None, count_h: int) -> None:
         """Pass 2: flags from the fitted rule (a pair without history is never flagged)."""
@@ -845,7 +883,7 @@ class BadPairMiner:
             e = min(s + _CHUNK, self.num_pairs)
             has = self._history_count[s:e] > 0
             stat = torch.where(has, self._stat(s, e), math.nan)
-            yield s, e, stat, self._cell_chunk(cells, s, e) if cells is not None else None
+            yield s, e, stat, _cell_chunk(cells, s, e) if cells is not None else None
 
     def _chunks(
         self, cells: tuple[list[Tensor], list[int]] | None
@@ -855,19 +893,6 @@ class BadPairMiner:
                 yield stat, cell
 
         return read
-
-    # ------------------------------------------------------------------ group cells
-    def _cell_chunk(self, cells: tuple[list[Tensor], list[int]], s: int, e: int) -> Tensor:
-        tensors, strides = cells
-        if len(tensors) == 1:  # one attribute: the cell is the id (-1 = unknown)
-            return tensors[0][s:e].long()
-        cell = torch.zeros(e - s, dtype=torch.int32, device=self.device)
-        unknown = torch.zeros(e - s, dtype=torch.bool, device=self.device)
-        for g, stride in zip(tensors, strides, strict=False):
-            v = g[s:e]
-            unknown |= v < 0
-            cell.add_(v.clamp_min(0), alpha=stride)
-        return cell.masked_fill_(unknown, -1).long()
 
     def _warn_fit(self) -> None:
         if self._warned or not self.flags_active:
