@@ -154,7 +154,7 @@ class DynamicBadPairMining(Callback):
         prefix: prefix of the logged metric names.
         reset_on_mismatch: on resume onto a training set with another fingerprint, start the
             memory afresh instead of raising.
-        **options: today's flat miner options (``warmup_epochs``, ``beta_noisy``,
+        **options: the flat miner options (``warmup_epochs``, ``beta_noisy``,
             ``beta_faulty``, ``weighting``, ``statistic``, ``location``, ``scope``,
             ``min_cell_size``, ``ema_decay``, ``max_weight``), a shorthand for
             ``miner=MinerSpec(**options)``.

@@ -15,10 +15,10 @@ and gets the weight ``N(l_i; mu, sigma)`` at its current loss ``l_i``; all other
 
 The statistic, the scope and the rule are small objects
 (:mod:`fairvlm_lightning.mining.strategies`): ``MeanLoss``/``EmaLoss``, ``Scope``,
-``ThresholdRule`` (with ``MeanStd``/``MedianMad``) and ``GaussianMixtureRule``. Today's flat
+``ThresholdRule`` (with ``MeanStd``/``MedianMad``) and ``GaussianMixtureRule``. The flat
 options (``statistic="ema"``, ``location="median"``, ``scope=("race",)``, ``beta_faulty=...``,
-``weighting=...``, ``min_cell_size``, ``ema_decay``, ``max_weight``) still work and build the
-same objects (:func:`~fairvlm_lightning.mining.strategies.strategies_from_options`).
+``weighting=...``, ``min_cell_size``, ``ema_decay``, ``max_weight``) build the same
+objects (:func:`~fairvlm_lightning.mining.strategies.strategies_from_options`).
 
 The loop contract is three calls: :meth:`BadPairMiner.weights` before reducing the loss,
 :meth:`BadPairMiner.record` with the raw per-pair losses of the step, and
@@ -398,7 +398,7 @@ class MinerSpec:
 
     What :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` takes (the size is the
     training set's, known at fit start) and what a LightningCLI YAML configures with nested
-    ``class_path``/``init_args``. ``None`` means the paper's choice. Today's flat options
+    ``class_path``/``init_args``. ``None`` means the paper's choice. The flat options
     (``beta_faulty=``, ``weighting=``, ``location=``, ``statistic="ema"``, ``scope=("race",)``,
     ``min_cell_size=``, ``ema_decay=``, ``max_weight=``) are accepted and build the same
     objects.
@@ -436,7 +436,7 @@ class MinerSpec:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> MinerSpec:
-        """A spec from today's flat options as one mapping (``{"beta_faulty": 2.0, ...}``).
+        """A spec from the flat options as one mapping (``{"beta_faulty": 2.0, ...}``).
 
         Example:
             >>> MinerSpec.from_options({"warmup_epochs": 2, "statistic": "ema"}).statistic
@@ -505,7 +505,7 @@ class BadPairMiner:
             ``groups=`` in :meth:`end_epoch`.
         device: where the state lives; keep it on the training device so that ``record`` and
             ``weights`` need no host transfer (:meth:`to` moves it later).
-        **options: today's flat options (``beta_noisy``, ``beta_faulty``, ``weighting``,
+        **options: the flat options (``beta_noisy``, ``beta_faulty``, ``weighting``,
             ``location``, ``max_weight``, ``min_cell_size``, ``ema_decay``), which build the
             same objects.
 

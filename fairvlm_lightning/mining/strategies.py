@@ -797,7 +797,7 @@ def strategies_from_options(
     scope: Scope | Sequence[str] | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> tuple[LossStatistic, MiningRule, Scope]:
-    """The strategy objects for objects and/or today's flat options (one construction path).
+    """The strategy objects for objects and/or the flat options (one construction path).
 
     ``statistic`` may be ``"mean"``/``"ema"`` (with ``ema_decay`` in ``options``), ``scope`` a
     sequence of attribute names (with ``min_cell_size``; ``min_group_size`` is its deprecated
