@@ -86,7 +86,9 @@ class _PhasePeaks:
 
 def run_one(mode: str, batch_size: int, steps: int, warmup: int, threads: int, device: str) -> dict:
     from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder
+    from fairvlm_lightning.encoders import EncoderSpec
     from fairvlm_lightning.module import FairVLMModule
+    from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -97,9 +99,10 @@ def run_one(mode: str, batch_size: int, steps: int, warmup: int, threads: int, d
         folder = build_tiny_dual_encoder(tmp, texts, preset=preset)
         module = FairVLMModule(
             str(folder),
+            encoder=EncoderSpec(peft=LORA if mode == "lora" else None),
+            fairness=SinkhornFairnessLoss(),
             fairness_weight=1e-4,
             fairness_attributes=list(ATTRS),
-            peft=LORA if mode == "lora" else None,
             optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5),
         ).to(device)
     cfg = module.model.config

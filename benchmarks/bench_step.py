@@ -80,7 +80,7 @@ DBPM_RULES = {
         rule=ThresholdRule(beta_noisy=math.inf, beta_faulty=1.5, weighting="zero"),
     ),
     "dbpm_mixture_race": MinerSpec(
-        warmup_epochs=1, statistic=EmaLoss(0.5), scope=Scope(["race"], min_group_size=50),
+        warmup_epochs=1, statistic=EmaLoss(0.5), scope=Scope(["race"], min_cell_size=50),
         rule=GaussianMixtureRule(threshold=0.5, weighting="zero"),
     ),
 }
@@ -209,7 +209,8 @@ def build_module(variant: str, config: CLIPConfig, pools=None) -> FairVLMModule:
         return ReferenceStyleModule(config, pools)
     fair = 0.0 if variant == "clip" or variant.startswith("dbpm") else FAIRNESS_WEIGHT
     backend = "exact1d" if variant.endswith("exact1d") else "fused"
-    return FairVLMModule(config, fairness_weight=fair, sinkhorn_backend=backend)
+    term = SinkhornFairnessLoss(backend=backend) if fair > 0 else None
+    return FairVLMModule(config, fairness=term, fairness_weight=fair)
 
 
 def run_tiny(

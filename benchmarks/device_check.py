@@ -53,6 +53,7 @@ from transformers import CLIPConfig
 
 from fairvlm_lightning.atomic import atomic_write_json
 from fairvlm_lightning.callbacks import DynamicBadPairMining
+from fairvlm_lightning.encoders import EncoderSpec
 from fairvlm_lightning.losses import pair_losses
 from fairvlm_lightning.metrics import FairnessMetrics
 from fairvlm_lightning.module import FairVLMModule
@@ -60,6 +61,7 @@ from fairvlm_lightning.schema import ATTRIBUTE_GROUPS
 from fairvlm_lightning.sinkhorn import (
     DEFAULT_BLUR,
     DEFAULT_SCALING,
+    SinkhornFairnessLoss,
     group_weights,
     sinkhorn_divergences,
 )
@@ -189,9 +191,9 @@ def build_module(method: str, config: CLIPConfig, batches: list[dict]) -> FairVL
     backend, _, lora = METHODS[method]
     return FairVLMModule(
         config,
+        encoder=EncoderSpec(peft=LORA if lora else None),
+        fairness=SinkhornFairnessLoss(backend=backend) if backend else None,
         fairness_weight=FAIRNESS_WEIGHT if backend else 0.0,
-        sinkhorn_backend=backend or "auto",
-        peft=LORA if lora else None,
     )
 
 

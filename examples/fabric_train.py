@@ -30,7 +30,6 @@ import torch
 from lightning.fabric import Fabric
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fairvlm_lightning.tables import fairness_table
 from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
 from fairvlm_lightning.encoders import DualEncoder
 from fairvlm_lightning.losses import pair_losses
@@ -38,6 +37,7 @@ from fairvlm_lightning.metrics import FairnessMetrics
 from fairvlm_lightning.mining import BadPairMiner
 from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, CLASS_PROMPTS
 from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
+from fairvlm_lightning.tables import fairness_table
 
 ATTRIBUTES = ATTRIBUTE_GROUPS  # FairVLMed: attribute -> number of groups
 PROMPTS = CLASS_PROMPTS

@@ -77,12 +77,14 @@ _OWN_ARGS = (
 class DynamicBadPairMining(Callback):
     """Dynamic Bad Pair Mining for any ``Trainer``: records per-pair losses, flags bad pairs.
 
-    The module's ``training_step`` must (1) call :meth:`pair_weights` (the module can find the
-    callback with :func:`find_bad_pair_mining`) and multiply its (B,) raw per-pair losses by the
-    weights before reducing, and (2) return ``{"loss": ..., "pair_losses": <(B,) raw losses,
-    detached>, "index": batch["index"]}`` (``index`` may be omitted when the batch is a mapping
-    with an ``"index"`` entry). Returning ``None`` skips the batch, as in Lightning. See the
-    module docstring for a complete 15-line example.
+    The module's ``training_step`` must (1) call :meth:`pair_weights` and multiply its (B,) raw
+    per-pair losses by the weights before reducing (the module can find the callback with
+    :func:`find_bad_pair_mining`, or define ``set_pair_weight_provider(fn)`` and
+    ``pair_weight_provider``: the callback then registers :meth:`pair_weights` there at
+    ``on_train_start`` and removes it at the end of fit), and (2) return ``{"loss": ...,
+    "pair_losses": <(B,) raw losses, detached>, "index": batch["index"]}`` (``index`` may be
+    omitted when the batch is a mapping with an ``"index"`` entry). Returning ``None`` skips the
+    batch, as in Lightning. See the module docstring for a complete 15-line example.
 
     The rule is a :class:`~fairvlm_lightning.mining.MinerSpec` (statistic, rule, scope,
     warm-up; the paper's by default); the miner is built from it at fit start with
@@ -152,9 +154,9 @@ class DynamicBadPairMining(Callback):
         prefix: prefix of the logged metric names.
         reset_on_mismatch: on resume onto a training set with another fingerprint, start the
             memory afresh instead of raising.
-        **options: today's flat miner options (``warmup_epochs``, ``beta_noisy``,
+        **options: the flat miner options (``warmup_epochs``, ``beta_noisy``,
             ``beta_faulty``, ``weighting``, ``statistic``, ``location``, ``scope``,
-            ``min_group_size``, ``ema_decay``, ``max_weight``), a shorthand for
+            ``min_cell_size``, ``ema_decay``, ``max_weight``), a shorthand for
             ``miner=MinerSpec(**options)``.
 
     Example:
@@ -281,7 +283,9 @@ class DynamicBadPairMining(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build the miner (from the dataset length if needed), check the data fingerprint.
 
-        Then move the state to the module's device.
+        Then move the state to the module's device and, when the module has
+        ``set_pair_weight_provider`` (:class:`~fairvlm_lightning.FairVLMModule` does), register
+        :meth:`pair_weights` there; it is removed again at the end of fit.
         """
         self._strategy = getattr(trainer, "strategy", None)
         if self.miner is None:
@@ -298,6 +302,28 @@ class DynamicBadPairMining(Callback):
         self.group_values = {k: v.to(device) for k, v in self.group_values.items()}
         if self.truth is not None:
             self.truth = self.truth.to(device)
+        find_bad_pair_mining(trainer)  # raises when the trainer has two such callbacks
+        register = getattr(pl_module, "set_pair_weight_provider", None)
+        if callable(register):
+            register(self.pair_weights)
+
+    def _unregister(self, pl_module: pl.LightningModule) -> None:
+        """Remove this callback's weights from the module (if they are still registered)."""
+        register = getattr(pl_module, "set_pair_weight_provider", None)
+        if callable(register) and getattr(pl_module, "pair_weight_provider", None) == (
+            self.pair_weights
+        ):
+            register(None)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the weights registered at ``on_train_start``."""
+        self._unregister(pl_module)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Remove the registered weights when fit stops with an exception."""
+        self._unregister(pl_module)
 
     @staticmethod
     def _train_fingerprint(trainer: pl.Trainer) -> str | None:
@@ -391,8 +417,8 @@ class DynamicBadPairMining(Callback):
                 f"{type(index).__name__}"
             )
         assert self.miner is not None, "on_train_start builds the miner"
-        groups = {key: self._check_group(key, index, batch) for key in self._stored_keys()}
-        truth = self._check_truth(index, batch) if self.truth_key is not None else None
+        groups = {key: _check_group(key, index, batch) for key in self._stored_keys()}
+        truth = _check_truth(self.truth_key, index, batch) if self.truth_key is not None else None
         self.miner.record(index, losses)  # validates index and losses before writing
         for key, values in groups.items():
             target = self.group_values[key]
@@ -402,46 +428,6 @@ class DynamicBadPairMining(Callback):
                 self.truth.device, torch.int8
             )
         self._recorded_epoch = trainer.current_epoch
-
-    def _check_group(self, key: str, index: Tensor, batch: Any) -> Tensor:
-        if not isinstance(batch, Mapping) or key not in batch:
-            raise ValueError(f"DynamicBadPairMining: group key {key!r} is not in the batch")
-        values = batch[key]
-        shape = tuple(index.shape)
-        if not isinstance(values, Tensor) or tuple(values.shape) != shape:
-            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-            raise ValueError(
-                f"DynamicBadPairMining: batch[{key!r}] must be a tensor of shape {shape} like "
-                f"index, got {got}"
-            )
-        check_integer_ids(values, f"batch[{key!r}]", error=ValueError)
-        if values.numel():
-            lo, hi = (int(v) for v in torch.aminmax(values))
-            if lo < -1 or hi > 127:
-                raise ValueError(
-                    f"DynamicBadPairMining: batch[{key!r}] values must lie in [-1, 127] "
-                    f"(-1 = unknown), got [{lo}, {hi}]"
-                )
-        return values
-
-    def _check_truth(self, index: Tensor, batch: Any) -> Tensor:
-        key = self.truth_key
-        if not isinstance(batch, Mapping) or key not in batch:
-            raise ValueError(f"DynamicBadPairMining: truth_key {key!r} is not in the batch")
-        values = batch[key]
-        if not isinstance(values, Tensor) or tuple(values.shape) != tuple(index.shape):
-            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-            raise ValueError(
-                f"DynamicBadPairMining: batch[{key!r}] must be a tensor of shape "
-                f"{tuple(index.shape)} like index, got {got}"
-            )
-        if values.is_floating_point() or values.is_complex():
-            raise ValueError(f"batch[{key!r}] must be bool or 0/1 integers, got {values.dtype}")
-        if values.numel() and values.dtype != torch.bool:
-            lo, hi = (int(v) for v in torch.aminmax(values))
-            if lo < 0 or hi > 1:
-                raise ValueError(f"batch[{key!r}] must hold 0/1, got values in [{lo}, {hi}]")
-        return values
 
     # ------------------------------------------------------------------ epoch boundaries
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -487,42 +473,9 @@ class DynamicBadPairMining(Callback):
         """The numbers logged after an epoch (see the class docstring for the names)."""
         if self.miner is None:
             return {}
-        s = self.miner.summary()
-        p = self.prefix
-        out = {
-            f"{p}/{name}": float(s[name])
-            for name in (
-                "mu",
-                "sigma",
-                "threshold_noisy",
-                "threshold_faulty",
-                "num_noisy",
-                "num_faulty",
-                "num_with_history",
-                "num_nonfinite",
-            )
-        }
-        has = self.miner.has_history
-        out.update(group_flag_metrics(self.miner.flagged_mask, has, self.group_values, p))
-        if len(self.scope) == 1:
-            for row in self.miner.group_table:
-                g = row["group"][0]
-                for column in ("threshold_faulty", "weight_bad"):
-                    if column in row:
-                        out[f"{p}/{self.scope[0]}/{column}_group_{g}"] = row[column]
-        if self.truth is not None:
-            out.update(
-                truth_metrics(
-                    self.miner.faulty_mask,
-                    has,
-                    self.truth,
-                    self.miner.history_mean,
-                    self.group_values,
-                    self.group_keys,
-                    p,
-                )
-            )
-        return out
+        return _epoch_metrics(
+            self.miner, self.scope, self.group_values, self.truth, self.group_keys, self.prefix
+        )
 
     def export_flagged(self, path: str | os.PathLike[str]) -> Path:
         """Write the currently flagged pairs to a CSV file at ``path`` and return the path.
@@ -608,6 +561,89 @@ class DynamicBadPairMining(Callback):
         self._loaded_fingerprint = fingerprint
         if fingerprint is not None:
             self.data_fingerprint = fingerprint
+
+
+def _check_group(key: str, index: Tensor, batch: Any) -> Tensor:
+    """``batch[key]``: group ids shaped like ``index``, in [-1, 127]."""
+    if not isinstance(batch, Mapping) or key not in batch:
+        raise ValueError(f"DynamicBadPairMining: group key {key!r} is not in the batch")
+    values = batch[key]
+    shape = tuple(index.shape)
+    if not isinstance(values, Tensor) or tuple(values.shape) != shape:
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(
+            f"DynamicBadPairMining: batch[{key!r}] must be a tensor of shape {shape} like "
+            f"index, got {got}"
+        )
+    check_integer_ids(values, f"batch[{key!r}]", error=ValueError)
+    if values.numel():
+        lo, hi = (int(v) for v in torch.aminmax(values))
+        if lo < -1 or hi > 127:
+            raise ValueError(
+                f"DynamicBadPairMining: batch[{key!r}] values must lie in [-1, 127] "
+                f"(-1 = unknown), got [{lo}, {hi}]"
+            )
+    return values
+
+
+def _check_truth(key: str, index: Tensor, batch: Any) -> Tensor:
+    """``batch[key]``: the truly-bad flags (bool or 0/1) shaped like ``index``."""
+    if not isinstance(batch, Mapping) or key not in batch:
+        raise ValueError(f"DynamicBadPairMining: truth_key {key!r} is not in the batch")
+    values = batch[key]
+    if not isinstance(values, Tensor) or tuple(values.shape) != tuple(index.shape):
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(
+            f"DynamicBadPairMining: batch[{key!r}] must be a tensor of shape "
+            f"{tuple(index.shape)} like index, got {got}"
+        )
+    if values.is_floating_point() or values.is_complex():
+        raise ValueError(f"batch[{key!r}] must be bool or 0/1 integers, got {values.dtype}")
+    if values.numel() and values.dtype != torch.bool:
+        lo, hi = (int(v) for v in torch.aminmax(values))
+        if lo < 0 or hi > 1:
+            raise ValueError(f"batch[{key!r}] must hold 0/1, got values in [{lo}, {hi}]")
+    return values
+
+
+def _epoch_metrics(
+    miner: BadPairMiner,
+    scope: tuple[str, ...],
+    group_values: Mapping[str, Tensor],
+    truth: Tensor | None,
+    group_keys: Sequence[str],
+    p: str,
+) -> dict[str, float]:
+    """What :meth:`DynamicBadPairMining.epoch_metrics` logs, from the miner's state."""
+    s = miner.summary()
+    out = {
+        f"{p}/{name}": float(s[name])
+        for name in (
+            "mu",
+            "sigma",
+            "threshold_noisy",
+            "threshold_faulty",
+            "num_noisy",
+            "num_faulty",
+            "num_with_history",
+            "num_nonfinite",
+        )
+    }
+    has = miner.has_history
+    out.update(group_flag_metrics(miner.flagged_mask, has, group_values, p))
+    if len(scope) == 1:
+        for row in miner.group_table:
+            g = row["group"][0]
+            for column in ("threshold_faulty", "weight_bad"):
+                if column in row:
+                    out[f"{p}/{scope[0]}/{column}_group_{g}"] = row[column]
+    if truth is not None:
+        out.update(
+            truth_metrics(
+                miner.faulty_mask, has, truth, miner.history_mean, group_values, group_keys, p
+            )
+        )
+    return out
 
 
 def _encode(text: str) -> Tensor:

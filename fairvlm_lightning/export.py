@@ -196,7 +196,7 @@ def export_module(
     _check_target(out, overwrite)
     datamodule_hparams = dict(datamodule_hparams or {})
     model: Any = module.model
-    peft_record = module.hparams.get("peft")
+    peft_record = module.peft_config
     if hasattr(model, "merge_and_unload"):  # a peft model: merge the adapters on a copy
         model = copy.deepcopy(model).merge_and_unload()
     processor = image_processor

@@ -18,8 +18,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_features", "local_pair_losses", "pair_losses"]
+__all__ = ["LossKind", "gather_features", "local_pair_losses", "pair_losses"]
 
+#: The two contrastive losses: ``"clip"`` (softmax) and ``"siglip"`` (sigmoid).
 LossKind = Literal["clip", "siglip"]
 
 

@@ -1,80 +1,67 @@
 """``FairVLMModule``: robust and fair CLIP-style fine-tuning of any Hugging Face dual encoder.
 
-The module puts the package's parts together into one ``LightningModule``:
+The module puts the package's components together into one ``LightningModule``:
 
+* the encoder: an :class:`~fairvlm_lightning.encoders.EncoderSpec` (or just a model name or
+  folder) builds the :class:`~fairvlm_lightning.encoders.DualEncoder` and the tokenizer;
 * training: per-pair contrastive losses (:func:`~fairvlm_lightning.losses.pair_losses`, CLIP
-  softmax or SigLIP sigmoid) → per-pair weights from a
-  :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` callback on the trainer (all ones
-  without one) → weighted mean + ``fairness_weight`` ×
-  :class:`~fairvlm_lightning.sinkhorn.SinkhornFairnessLoss` over the protected groups of the batch,
-  computed in float32 with autocast off;
-* validation / test: zero-shot classification with class prompts encoded once per evaluation epoch
-  and :class:`~fairvlm_lightning.metrics.FairnessMetrics` logged as ``val/...`` and ``test/...``;
+  softmax or SigLIP sigmoid) → per-pair weights from a registered weight provider (the
+  :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` callback registers one at fit start;
+  all ones without one) → weighted mean + ``fairness_weight`` × the ``fairness`` term (a
+  :class:`~fairvlm_lightning.sinkhorn.SinkhornFairnessLoss`) over the protected groups of the
+  batch, computed in float32 with autocast off;
+* validation / test: zero-shot classification with a
+  :class:`~fairvlm_lightning.zeroshot.ZeroShotPrompts` (class prompts encoded once per evaluation
+  epoch) and :class:`~fairvlm_lightning.metrics.FairnessMetrics` logged as ``val/...`` and
+  ``test/...``;
 * predict: class probabilities and embeddings.
 
-The Hugging Face model is built in ``__init__`` (from a Hub name or folder, a config, or taken as
-an instance), so the module is complete as soon as it exists and ``load_from_checkpoint`` needs
-nothing special. Local folders must therefore exist before the module is created: for the
-synthetic benchmark call :func:`fairvlm_lightning.data.ensure_synthetic_assets` first (the
-``fairvlm`` command does this for you before it instantiates anything).
+The Hugging Face model is built in ``__init__``, so the module is complete as soon as it exists
+and ``load_from_checkpoint`` needs nothing special. Local folders must therefore exist before the
+module is created: for the synthetic benchmark call
+:func:`fairvlm_lightning.data.ensure_synthetic_assets` first (the ``fairvlm`` command does this for
+you before it instantiates anything).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
-import os
 import warnings
-from collections.abc import Mapping, Sequence
-from enum import Enum
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PretrainedConfig, PreTrainedModel
 
-from fairvlm_lightning.atomic import check_export_folder
-from fairvlm_lightning.callbacks import find_bad_pair_mining
-from fairvlm_lightning.encoders import DualEncoder, DualEncoderOutput, LossKind
-from fairvlm_lightning.losses import pair_losses
+from fairvlm_lightning.encoders import DualEncoderOutput, EncoderSpec, is_plain, model_record
+from fairvlm_lightning.losses import LossKind, pair_losses
 from fairvlm_lightning.metrics import FairnessMetrics
-from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES, CLASS_PROMPTS
-from fairvlm_lightning.sinkhorn import DEFAULT_BLUR, DEFAULT_SCALING, SinkhornFairnessLoss
+from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, ATTRIBUTES
+from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
+from fairvlm_lightning.zeroshot import DEFAULT_PROMPTS, ZeroShotPrompts
 
 __all__ = [
     "DEFAULT_FAIRNESS_ATTRIBUTES",
     "DEFAULT_METRIC_ATTRIBUTES",
     "DEFAULT_PROMPTS",
     "FairVLMModule",
+    "PairWeightProvider",
 ]
 
-#: Zero-shot class prompts of the paper (label 0 = no glaucoma, 1 = glaucoma).
-DEFAULT_PROMPTS: dict[int, str | list[str]] = dict(enumerate(CLASS_PROMPTS))
 #: Protected attributes of Harvard-FairVLMed, used by the fairness term by default.
 DEFAULT_FAIRNESS_ATTRIBUTES: tuple[str, ...] = ATTRIBUTES
 #: Attribute → number of groups (FairVLMed coding), used by the metrics by default.
 DEFAULT_METRIC_ATTRIBUTES: dict[str, int] = dict(ATTRIBUTE_GROUPS)
 
-_PRIMITIVES = (str, int, float, bool, type(None))
+#: ``(index, raw per-pair losses) -> (B,) weights``: what a pair-weight provider computes.
+PairWeightProvider = Callable[[Tensor, Tensor], Tensor]
 
-
-def _is_primitive(value: Any) -> bool:
-    """Whether ``value`` is a tree of plain Python values (safe for ``weights_only`` loading)."""
-    if isinstance(value, _PRIMITIVES):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_primitive(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(k, _PRIMITIVES) and _is_primitive(v) for k, v in value.items())
-    return False
+_SCHEDULER_KEYS = ("interval", "frequency", "monitor", "name", "strict")
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -82,264 +69,129 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
 
 
-def _config_from_dict(config: Mapping[str, Any]) -> PretrainedConfig:
-    if "model_type" not in config:
-        raise ValueError(
-            "a model config given as a dict needs a 'model_type' key (e.g. 'clip', 'siglip'), "
-            f"got keys {sorted(config)}"
-        )
-    kwargs = dict(config)
-    return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
-
-
-def _load_model(
-    model: str | PreTrainedModel | PretrainedConfig | Mapping[str, Any], kwargs: Mapping[str, Any]
-) -> PreTrainedModel:
-    if isinstance(model, torch.nn.Module):  # a PreTrainedModel or any look-alike
-        return model
-    if isinstance(model, Mapping):
-        model = _config_from_dict(model)
-    if isinstance(model, PretrainedConfig):
-        return AutoModel.from_config(model)
-    if isinstance(model, str):
-        check_export_folder(model)  # a `fairvlm export` folder must be complete
-        try:
-            # from_pretrained returns the model in eval mode; Lightning keeps modes as it finds
-            # them, so put it in training mode like a freshly built module.
-            return AutoModel.from_pretrained(model, **kwargs).train()
-        except (OSError, ValueError) as err:  # HFValidationError (a ValueError): not a repo id
-            raise OSError(
-                f"could not load a model from {model!r}: {err}\n{_where_not_found(model)}For the "
-                "synthetic benchmark the tiny model is created by "
-                "fairvlm_lightning.data.ensure_synthetic_assets(root) (the `fairvlm` command runs "
-                "it before building the module)."
-            ) from err
+def _fairness_term(fairness: Any) -> SinkhornFairnessLoss | None:
+    """The fairness term: ``None``, an instance, or built from a ``class_path`` record."""
+    if fairness is None or isinstance(fairness, SinkhornFairnessLoss):
+        return fairness
+    if isinstance(fairness, Mapping) and "class_path" in fairness:
+        module_name, _, cls_name = str(fairness["class_path"]).rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name, None) if module_name else None
+        if not (isinstance(cls, type) and issubclass(cls, SinkhornFairnessLoss)):
+            raise ValueError(
+                "fairness class_path must name SinkhornFairnessLoss or a subclass, got "
+                f"{fairness['class_path']!r}"
+            )
+        return cls(**dict(fairness.get("init_args") or {}))
     raise TypeError(
-        "model must be a Hub name or folder (str), a transformers PreTrainedModel (or another "
-        "nn.Module dual encoder), a "
-        f"PretrainedConfig or a config dict, got {type(model).__name__}"
+        "fairness must be a SinkhornFairnessLoss, a {class_path, init_args} dict or None, got "
+        f"{type(fairness).__name__}"
     )
 
 
-def _resolve_folder(name: Any) -> Any:
-    """An existing local folder given as a relative path -> its absolute path; else unchanged.
-
-    Checkpoints record the model as a hyper-parameter; a relative folder would only resolve
-    from the working directory of the run that saved it.
-    """
-    if isinstance(name, str) and not os.path.isabs(name) and os.path.isdir(name):
-        return os.path.abspath(name)
-    return name
-
-
-def _where_not_found(name: str) -> str:
-    """Say which folder was looked for, from which working directory (empty for a Hub id)."""
-    if os.path.isdir(name):
-        return ""
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
-    if not looks_local:
-        return ""
-    return (
-        f"No folder {name!r} exists: looked for {os.path.abspath(os.path.expanduser(name))} "
-        f"from the working directory {os.getcwd()} (a relative folder is resolved against the "
-        "working directory; pass an absolute path, or model= to load_from_checkpoint).\n"
-    )
-def _plain(value: Any) -> Any:
-    """A peft config field as a plain value (sets → sorted lists, enums → their value)."""
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, (set, frozenset)):
-        return sorted(_plain(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
+def _fairness_record(term: SinkhornFairnessLoss | None) -> dict[str, Any] | None:
+    """``{class_path, init_args}`` of the term: its constructor arguments read back by name."""
+    if term is None:
+        return None
+    cls = type(term)
+    init_args = {}
+    for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+        value = getattr(term, name, None)
+        if value is not None and is_plain(value):
+            init_args[name] = value
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
-def _peft_config(peft: Any) -> tuple[Any, dict[str, Any]]:
-    """Build a ``peft`` config from a dict / ``class_path`` dict / config instance.
-
-    Returns the config and a plain dict (its non-default fields and ``peft_type``) that rebuilds
-    it, for the checkpoint's hyper-parameters.
-    """
-    import importlib
-    from dataclasses import fields
-
-    from peft import PeftConfig
-    from peft.utils import PeftType
-
-    mapping: Any = importlib.import_module("peft.mapping").PEFT_TYPE_TO_CONFIG_MAPPING
-    if isinstance(peft, Mapping) and "class_path" in peft:  # a YAML ``class_path`` block
-        module_name, _, cls_name = str(peft["class_path"]).rpartition(".")
-        cls = getattr(importlib.import_module(module_name or "peft"), cls_name, None)
-        if not (isinstance(cls, type) and issubclass(cls, PeftConfig)):
-            raise ValueError(
-                f"peft class_path must name a peft config class, got {peft['class_path']!r}"
-            )
-        peft = cls(**dict(peft.get("init_args") or {}))
-    elif isinstance(peft, Mapping):
-        kwargs = dict(peft)
-        peft_type = str(_plain(kwargs.pop("peft_type", PeftType.LORA))).upper()
-        if peft_type not in mapping:
-            raise ValueError(f"unknown peft_type {peft_type!r}; expected one of {sorted(mapping)}")
-        cls = mapping[peft_type]
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} option(s) {unknown} in peft=")
-        peft = cls(**kwargs)
-    if not isinstance(peft, PeftConfig):
-        raise TypeError(
-            "peft must be a dict of LoraConfig options, a class_path/init_args dict or a peft "
-            f"PeftConfig, got {type(peft).__name__}"
-        )
-    default = type(peft)()
-    record = {"peft_type": str(_plain(peft.peft_type))}
-    for f in fields(peft):
-        if f.name in ("peft_type", "base_model_name_or_path", "revision"):
-            continue
-        value = _plain(getattr(peft, f.name))
-        if value != _plain(getattr(default, f.name)):
-            record[f.name] = value
-    if not _is_primitive(record):
-        raise TypeError(f"peft config fields must be plain values, got {record}")
-    return peft, record
-
-
-def _wrap_peft(model: PreTrainedModel, peft: Any) -> tuple[Any, dict[str, Any]]:
-    """Wrap ``model`` with ``peft.get_peft_model`` (only adapter weights stay trainable)."""
-    from peft import get_peft_model
-
-    config, record = _peft_config(peft)
-    try:
-        wrapped = get_peft_model(model, config)
-    except ValueError as err:
-        raise ValueError(f"could not apply peft={record} to {type(model).__name__}: {err}") from err
-    return wrapped, record
-
-
-def _check_prompts(prompts: Mapping[Any, Any]) -> dict[int, list[str]]:
-    if not isinstance(prompts, Mapping):
-        raise TypeError(f"prompts must be a dict {{class: text}}, got {type(prompts).__name__}")
-    out: dict[int, list[str]] = {}
-    for key, value in prompts.items():
-        try:
-            cls = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"prompt keys must be class ids 0 and 1, got {key!r}") from None
-        texts = [value] if isinstance(value, str) else list(value)
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise ValueError(
-                f"prompts[{key!r}] must be a non-empty string or list of non-empty strings, "
-                f"got {value!r}"
-            )
-        out[cls] = texts
-    if sorted(out) != [0, 1]:
+def _fairness_weight(weight: Any, term: SinkhornFairnessLoss | None) -> float:
+    """λ: 1 with a term and no weight given, 0 without a term; checked."""
+    if weight is None:
+        return 0.0 if term is None else 1.0
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight)):
+        raise ValueError(f"fairness_weight must be a finite number, got {weight!r}")
+    if weight < 0:
+        raise ValueError(f"fairness_weight must be >= 0, got {weight}")
+    if weight > 0 and term is None:
         raise ValueError(
-            "prompts must have exactly the binary classes 0 and 1 as keys (the diagnosis "
-            f"label), got {sorted(out)}"
+            f"fairness_weight={weight} needs a fairness term: pass fairness="
+            "SinkhornFairnessLoss(...) (YAML: fairness: {class_path: "
+            "fairvlm_lightning.sinkhorn.SinkhornFairnessLoss})"
         )
-    return out
+    return float(weight)
 
 
 def _check_init_args(
     *,
     nonfinite_loss: str,
-    loss: str,
     fairness_statistic: str,
-    fairness_weight: Any,
     fairness_attributes: Any,
-    scheduler_interval: str,
-    prompt_max_length: Any,
-) -> None:
-    """The plain-value checks of :class:`FairVLMModule`'s arguments (clear errors, early)."""
+    scheduler_config: Any,
+) -> dict[str, Any]:
+    """The plain-value checks of :class:`FairVLMModule`'s arguments; the scheduler config."""
     if nonfinite_loss not in ("raise", "skip"):
         raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
-    if loss not in ("auto", "clip", "siglip"):
-        raise ValueError(f"loss must be 'auto', 'clip' or 'siglip', got {loss!r}")
     if fairness_statistic not in ("loss", "similarity"):
         raise ValueError(
             f"fairness_statistic must be 'loss' or 'similarity', got {fairness_statistic!r}"
         )
-    if not (isinstance(fairness_weight, (int, float)) and math.isfinite(fairness_weight)):
-        raise ValueError(f"fairness_weight must be a finite number, got {fairness_weight!r}")
-    if fairness_weight < 0:
-        raise ValueError(f"fairness_weight must be >= 0, got {fairness_weight}")
     if isinstance(fairness_attributes, str):
         raise TypeError(
             "fairness_attributes must be a sequence of attribute names, got the string "
             f"{fairness_attributes!r} (write [{fairness_attributes!r}])"
         )
-    if scheduler_interval not in ("epoch", "step"):
+    config = dict(scheduler_config or {})
+    unknown = sorted(set(config) - set(_SCHEDULER_KEYS))
+    if unknown:
         raise ValueError(
-            f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
+            f"scheduler_config has unknown key(s) {unknown}; expected some of "
+            f"{list(_SCHEDULER_KEYS)}"
         )
-    if not (isinstance(prompt_max_length, int) and prompt_max_length > 0):
-        raise ValueError(f"prompt_max_length must be a positive int, got {prompt_max_length!r}")
+    config.setdefault("interval", "epoch")
+    config.setdefault("monitor", "val/loss")
+    if config["interval"] not in ("epoch", "step"):
+        raise ValueError(
+            f"scheduler_config['interval'] must be 'epoch' or 'step', got {config['interval']!r}"
+        )
+    return config
 
 
-def _check_metric_attributes(metric_attributes: Any) -> dict[str, int]:
-    """The metric attributes (FairVLMed's by default) after a type check."""
-    if metric_attributes is None:
-        return dict(DEFAULT_METRIC_ATTRIBUTES)
-    if not isinstance(metric_attributes, Mapping):
+def _check_metrics(metrics: Any) -> dict[str, Any]:
+    """``FairnessMetrics`` keyword arguments, ``attributes`` defaulted to FairVLMed's."""
+    if metrics is None:
+        metrics = {}
+    if not isinstance(metrics, Mapping):
         raise TypeError(
-            "metric_attributes must be a dict {attribute: number of groups}, got "
-            f"{type(metric_attributes).__name__}"
+            "metrics must be a dict of FairnessMetrics arguments ({'attributes': {attribute: "
+            f"number of groups}}, 'threshold', ...), got {type(metrics).__name__}"
         )
-    return dict(metric_attributes)
-
-
-def _unsaved_hparams(**values: Any) -> list[str]:
-    """Names of the arguments that are not plain values (kept out of the checkpoint)."""
-    return [name for name, value in values.items() if not _is_primitive(value)]
-
-
-def _rebuild_hparams(hf_model: Any, tokenizer: Any, ignore: Sequence[str]) -> dict[str, Any]:
-    """Plain stand-ins for an unsaved model instance (its config dict) and tokenizer (its name).
-
-    ``load_from_checkpoint`` rebuilds an instance from its config (weights come from the
-    checkpoint); a model without a Hugging Face config must be passed again there.
-    """
-    extra: dict[str, Any] = {}
-    if "model" in ignore:
-        config = getattr(hf_model, "config", None)
-        extra["model"] = config.to_diff_dict() if isinstance(config, PretrainedConfig) else None
-    if "tokenizer" in ignore:
-        name = getattr(tokenizer, "name_or_path", None)
-        extra["tokenizer"] = name if isinstance(name, str) and name else None
-    return extra
-
-
-def _load_tokenizer(
-    model: Any, tokenizer: Any, from_pretrained_kwargs: Mapping[str, Any]
-) -> PreTrainedTokenizerBase | None:
-    """The given tokenizer, loaded by name; else the model's when the model is a name."""
-    if isinstance(tokenizer, str):
-        return AutoTokenizer.from_pretrained(tokenizer)
-    if tokenizer is None and isinstance(model, str):
-        return AutoTokenizer.from_pretrained(model, **from_pretrained_kwargs)
-    return tokenizer
+    out = dict(metrics)
+    attributes = out.setdefault("attributes", dict(DEFAULT_METRIC_ATTRIBUTES))
+    if not isinstance(attributes, Mapping):
+        raise TypeError(
+            "metrics['attributes'] must be a dict {attribute: number of groups}, got "
+            f"{type(attributes).__name__}"
+        )
+    out["attributes"] = dict(attributes)
+    return out
 
 
 class FairVLMModule(pl.LightningModule):
     r"""Robust (DBPM) and fair (Sinkhorn) contrastive fine-tuning of a Hugging Face dual encoder.
 
     Training loss, for a batch of ``B`` image–text pairs with per-pair contrastive losses
-    :math:`\ell_i` and DBPM weights :math:`w_i` (1 without a
-    :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` callback):
+    :math:`\ell_i` and pair weights :math:`w_i` (from the registered
+    :meth:`pair weight provider <set_pair_weight_provider>`, 1 without one):
 
     .. math:: L = \tfrac1B \sum_i w_i \ell_i + \lambda \sum_a \sum_g
         S_\varepsilon(D_{a,g}, D_{\text{all}})
 
     where :math:`D` are the empirical distributions of the fairness statistic (the raw per-pair
     loss, or the matched-pair cosine similarity as FairCLIP) over group :math:`g` of attribute
-    :math:`a` and over the whole batch. The step returns ``{"loss", "pair_losses", "index"}`` so
-    the DBPM callback can record the raw, unweighted losses.
+    :math:`a` and over the whole batch, and :math:`S_\varepsilon` is the ``fairness`` term. The
+    step returns ``{"loss", "pair_losses", "index"}`` so the DBPM callback can record the raw,
+    unweighted losses. A :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` callback
+    registers its weights at fit start and removes them at fit end.
 
-    Validation and test classify each image zero-shot against ``prompts`` (P(y=1) = softmax over
-    the scaled cosine similarities) and log
+    Validation and test classify each image zero-shot against the ``zero_shot`` prompts (P(y=1)
+    = softmax over the scaled cosine similarities) and log
     :class:`~fairvlm_lightning.metrics.FairnessMetrics` under ``val/`` and ``test/`` with the
     metric's own names (``val/auc``, ``val/race/es_auc``, ``test/gender/dpd``, ...), plus the
     contrastive loss of the batch's own pairs as ``val/loss``.
@@ -349,62 +201,48 @@ class FairVLMModule(pl.LightningModule):
             instance, a ``PretrainedConfig`` or a config dict with ``model_type`` (random
             weights, ``AutoModel.from_config``). Any dual encoder
             :class:`~fairvlm_lightning.encoders.DualEncoder` accepts (CLIP, SigLIP, ...). An
-            instance is recorded in the hyper-parameters as its config dict, so
-            ``load_from_checkpoint`` rebuilds it (pass ``model=`` there for a model without a
-            Hugging Face config).
-        tokenizer: tokenizer for the zero-shot prompts: a Hub name / folder, an instance, or
-            ``None`` to load it from ``model`` when that is a name or folder. Only evaluation and
-            prediction need it.
-        loss: ``"clip"``, ``"siglip"`` or ``"auto"`` (SigLIP when the model has a
-            ``logit_bias``, else CLIP).
-        gather_distributed: under DDP, score each rank's pairs against the negatives of all
-            ranks (gathered with gradient); a no-op on one process.
-        max_logit_scale: optional cap on the exponentiated logit scale (OpenAI CLIP: 100).
-        fairness_weight: :math:`\lambda` ≥ 0; 0 switches the Sinkhorn term off.
+            instance is recorded in the hyper-parameters as its config dict, a relative folder as
+            its absolute path, so ``load_from_checkpoint`` rebuilds it (pass ``model=`` there for
+            a model without a Hugging Face config).
+        encoder: how the dual encoder is built from ``model``, an
+            :class:`~fairvlm_lightning.encoders.EncoderSpec` (tokenizer, loss kind ``"auto"`` /
+            ``"clip"`` / ``"siglip"``, logit-scale cap, negatives gathered under DDP, PEFT
+            adapters, ``from_pretrained`` options) or a dict of its arguments; default
+            ``EncoderSpec()``. Recorded as plain values, so ``load_from_checkpoint`` rebuilds
+            the PEFT wrapping.
+        fairness: the fairness term, a
+            :class:`~fairvlm_lightning.sinkhorn.SinkhornFairnessLoss` (YAML: a ``class_path``
+            block), or ``None`` (default) for none.
+        fairness_weight: :math:`\lambda` ≥ 0 beside the term; default 1 with a term (0
+            switches it off). A positive weight without a term is an error.
         fairness_attributes: batch keys of the protected attributes the term spans (values are
-            group ids, ``-1`` = unknown and left out); for an attribute in ``metric_attributes``
-            an id outside ``0..n-1`` stops the training step with an error naming it.
+            group ids, ``-1`` = unknown and left out); for an attribute of the metrics'
+            ``attributes`` an id outside ``0..n-1`` stops the training step with an error naming it.
         fairness_statistic: ``"loss"`` (per-pair contrastive loss, the paper) or
             ``"similarity"`` (matched-pair cosine similarity, as FairCLIP).
-        sinkhorn_blur: GeomLoss blur of the Sinkhorn divergence (default 1e-2, see
-            :class:`~fairvlm_lightning.sinkhorn.SinkhornFairnessLoss`).
-        sinkhorn_scaling: GeomLoss ε-scaling ratio in (0, 1) (default 0.95).
-        sinkhorn_backend: ``"auto"`` (per device), ``"fused"``, ``"geomloss"`` or ``"exact1d"``.
-        min_group_size: groups with fewer members in the batch are skipped by the term.
-        prompts: class id → prompt or list of prompts (embeddings averaged) for zero-shot
-            evaluation; default ``{0: "A photo of non-glaucoma", 1: "A photo of glaucoma"}``.
-        prompt_max_length: prompts are padded / truncated to this many tokens; keep it equal
-            to the data module's ``max_length`` (models such as SigLIP pool the last token, so
-            prompts must be padded like the training texts). The ``fairvlm`` command links it.
-        metric_attributes: attribute → number of groups for the fairness metrics; default the
-            four FairVLMed attributes ``{"race": 3, "gender": 2, "ethnicity": 2, "language": 3}``.
-        metric_kwargs: extra keyword arguments for ``FairnessMetrics`` (``threshold``,
-            ``alpha``, ...).
+        zero_shot: the class prompts and their token length
+            (:class:`~fairvlm_lightning.zeroshot.ZeroShotPrompts`); default the paper's two
+            prompts, padded to 64 tokens. The ``fairvlm`` command links its ``max_length`` to the
+            data module's.
+        metrics: keyword arguments of :class:`~fairvlm_lightning.metrics.FairnessMetrics` for
+            validation and test: ``attributes`` (attribute → number of groups; default the four
+            FairVLMed attributes ``{"race": 3, "gender": 2, "ethnicity": 2, "language": 3}``),
+            ``threshold``, ``alpha``, ``bootstrap``, ``ci``, ...
         optimizer: a callable ``params -> Optimizer`` (in YAML, a ``class_path``/``init_args``
             block); default AdamW, lr 1e-5, weight decay 0.01.
         scheduler: optional callable ``optimizer -> LRScheduler``.
-        scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.
-        scheduler_monitor: metric a ``ReduceLROnPlateau`` scheduler watches.
-        from_pretrained_kwargs: extra keyword arguments for ``from_pretrained`` (``revision``,
-            ``dtype``, ...).
+        scheduler_config: Lightning's scheduler settings: ``interval`` (``"epoch"``, default,
+            or ``"step"``), ``frequency``, ``monitor`` (the metric a ``ReduceLROnPlateau``
+            watches, default ``"val/loss"``), ``name``, ``strict``.
         nonfinite_loss: what a training step with a non-finite (NaN or infinite) per-pair loss
             does: ``"raise"`` (default) stops with a ``FloatingPointError`` naming the batch's
             dataset indices (and those whose pixels or embeddings are non-finite);
             ``"skip"`` warns the same and skips the step (no backward, no optimiser step, the
-            pairs are not recorded by DBPM). Under DDP all ranks stop or skip together. A relative
-            ``model`` or ``tokenizer`` folder is recorded as its absolute path, so the
-            checkpoint loads from any working directory.
-        peft: parameter-efficient fine-tuning with the ``peft`` library: a dict of ``LoraConfig``
-            options (``{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}``; a
-            ``peft_type`` key picks another method), a ``class_path``/``init_args`` dict (YAML) or
-            a ``PeftConfig`` instance. The model is wrapped with ``peft.get_peft_model``, so only
-            the adapter weights are trainable (``self.model`` is then the ``PeftModel``; a model
-            instance is modified in place). The config is recorded as a plain dict, so
-            checkpoints stay ``weights_only``-loadable and ``load_from_checkpoint`` rebuilds it.
+            pairs are not recorded by DBPM). Under DDP all ranks stop or skip together.
 
     Raises:
-        ValueError: bad ``loss``, ``fairness_statistic``, negative ``fairness_weight``, bad
-            prompts or metric attributes.
+        ValueError: bad ``fairness_statistic``, ``fairness_weight``, ``scheduler_config``,
+            encoder options, prompts or metrics.
         TypeError: ``model`` of an unsupported type, or a model that is not a dual encoder.
         OSError: a name or folder that ``from_pretrained`` cannot load, or a ``fairvlm export``
             folder without its completion marker (``IncompleteFolderError``).
@@ -418,7 +256,8 @@ class FairVLMModule(pl.LightningModule):
         ...     text_config=dict(vocab_size=99, max_position_embeddings=16, eos_token_id=2, **tiny),
         ...     vision_config=dict(image_size=16, patch_size=8, **tiny), projection_dim=8)
         >>> _ = torch.manual_seed(0)
-        >>> module = FairVLMModule(config, fairness_weight=0.5, fairness_attributes=("race",))
+        >>> module = FairVLMModule(config, fairness=SinkhornFairnessLoss(), fairness_weight=0.5,
+        ...                        fairness_attributes=("race",))
         >>> g = torch.Generator().manual_seed(0)
         >>> batch = {"pixel_values": torch.randn(6, 3, 16, 16, generator=g),
         ...          "input_ids": torch.randint(3, 99, (6, 5), generator=g),
@@ -432,83 +271,66 @@ class FairVLMModule(pl.LightningModule):
         self,
         model: str | PreTrainedModel | PretrainedConfig | dict[str, Any],
         *,
-        tokenizer: str | PreTrainedTokenizerBase | None = None,
-        loss: Literal["auto", "clip", "siglip"] = "auto",
-        gather_distributed: bool = True,
-        max_logit_scale: float | None = None,
-        fairness_weight: float = 0.0,
+        encoder: EncoderSpec | dict[str, Any] | None = None,
+        fairness: SinkhornFairnessLoss | dict[str, Any] | None = None,
+        fairness_weight: float | None = None,
         fairness_attributes: Sequence[str] = DEFAULT_FAIRNESS_ATTRIBUTES,
         fairness_statistic: Literal["loss", "similarity"] = "loss",
-        sinkhorn_blur: float = DEFAULT_BLUR,
-        sinkhorn_scaling: float = DEFAULT_SCALING,
-        sinkhorn_backend: Literal["auto", "fused", "geomloss", "exact1d"] = "auto",
-        min_group_size: int = 2,
-        prompts: dict[int, str | list[str]] | None = None,
-        prompt_max_length: int = 64,
-        metric_attributes: dict[str, int] | None = None,
-        metric_kwargs: dict[str, Any] | None = None,
+        zero_shot: ZeroShotPrompts = ZeroShotPrompts(),  # noqa: B008 - frozen, shared safely
+        metrics: dict[str, Any] | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["epoch", "step"] = "epoch",
-        scheduler_monitor: str = "val/loss",
-        from_pretrained_kwargs: dict[str, Any] | None = None,
+        scheduler_config: dict[str, Any] | None = None,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
-        peft: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        _check_init_args(
+        scheduler_config = _check_init_args(
             nonfinite_loss=nonfinite_loss,
-            loss=loss,
             fairness_statistic=fairness_statistic,
-            fairness_weight=fairness_weight,
             fairness_attributes=fairness_attributes,
-            scheduler_interval=scheduler_interval,
-            prompt_max_length=prompt_max_length,
+            scheduler_config=scheduler_config,
         )
-        # The resolved / defaulted values are what save_hyperparameters records (it reads this
-        # frame's locals), so they are bound here.
-        model, tokenizer = _resolve_folder(model), _resolve_folder(tokenizer)
-        prompts = DEFAULT_PROMPTS if prompts is None else prompts
-        self._prompts = _check_prompts(prompts)
-        metric_attributes = _check_metric_attributes(metric_attributes)
-
-        # Hyper-parameters: only plain values go into checkpoints (they load with
-        # ``weights_only=True``); a model instance or config is recorded as its config dict.
-        ignore = _unsaved_hparams(
-            model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, peft=peft
+        spec = EncoderSpec.from_value(encoder)
+        fairness = _fairness_term(fairness)
+        fairness_weight = _fairness_weight(fairness_weight, fairness)
+        zero_shot = ZeroShotPrompts.from_value(zero_shot)
+        metrics = _check_metrics(metrics)
+        built = spec.build(model)
+        # Hyper-parameters: plain values only (checkpoints load with ``weights_only=True``);
+        # each component is recorded as the plain values that rebuild it.
+        self.save_hyperparameters(
+            {
+                "model": model_record(model, built.encoder.model),
+                "encoder": built.record,
+                "fairness": _fairness_record(fairness),
+                "fairness_weight": fairness_weight,
+                "fairness_attributes": list(fairness_attributes),
+                "fairness_statistic": fairness_statistic,
+                "zero_shot": zero_shot.to_dict(),
+                "metrics": metrics,
+                "scheduler_config": scheduler_config,
+                "nonfinite_loss": nonfinite_loss,
+            }
         )
-        self.save_hyperparameters(ignore=ignore)
-        hf_model = _load_model(model, from_pretrained_kwargs or {})
-        extra = _rebuild_hparams(hf_model, tokenizer, ignore)
-        if peft is not None:  # LoRA & co.: only the adapter weights train
-            hf_model, extra["peft"] = _wrap_peft(hf_model, peft)
-        if extra:
-            self.save_hyperparameters(extra)
-
-        self.encoder = DualEncoder(
-            hf_model, loss_kind=None if loss == "auto" else loss, max_logit_scale=max_logit_scale
-        )
-        self.tokenizer = _load_tokenizer(model, tokenizer, from_pretrained_kwargs or {})
+        self.encoder = built.encoder
+        self.tokenizer = built.tokenizer
+        self.encoder_spec = spec
+        self.peft_config = built.peft
+        self.gather_distributed = spec.gather_distributed
         self.nonfinite_loss = nonfinite_loss
-        self.fairness_weight = float(fairness_weight)
+        self.fairness = fairness
+        self.fairness_weight = fairness_weight
         self.fairness_attributes = tuple(fairness_attributes)
         self.fairness_statistic = fairness_statistic
-        self.gather_distributed = gather_distributed
-        self.prompt_max_length = prompt_max_length
-        self.fairness_loss = SinkhornFairnessLoss(
-            blur=sinkhorn_blur,
-            scaling=sinkhorn_scaling,
-            min_group_size=min_group_size,
-            backend=sinkhorn_backend,
-        )
-        self.metric_attributes = dict(metric_attributes)
-        self.val_metrics = FairnessMetrics(self.metric_attributes, **(metric_kwargs or {}))
-        self.test_metrics = FairnessMetrics(self.metric_attributes, **(metric_kwargs or {}))
+        self.zero_shot = zero_shot
+        self.metric_attributes: dict[str, int] = dict(metrics["attributes"])
+        self.val_metrics = FairnessMetrics(**metrics)
+        self.test_metrics = FairnessMetrics(**metrics)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.scheduler_interval = scheduler_interval
-        self.scheduler_monitor = scheduler_monitor
+        self.scheduler_config = scheduler_config
         self._prompt_embeds: Tensor | None = None
+        self._pair_weight_provider: PairWeightProvider | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -525,7 +347,37 @@ class FairVLMModule(pl.LightningModule):
     @property
     def prompts(self) -> dict[int, list[str]]:
         """Class id → list of prompts used for zero-shot evaluation."""
-        return {k: list(v) for k, v in self._prompts.items()}
+        return {c: list(t) for c, t in enumerate(self.zero_shot.class_prompts)}
+
+    @property
+    def prompt_max_length(self) -> int:
+        """Token length the prompts are padded to (``zero_shot.max_length``)."""
+        return self.zero_shot.max_length
+
+    @property
+    def fairness_active(self) -> bool:
+        """Whether training adds the fairness term (a term and a weight > 0)."""
+        return self.fairness is not None and self.fairness_weight > 0
+
+    # ------------------------------------------------------------------ pair weights
+
+    @property
+    def pair_weight_provider(self) -> PairWeightProvider | None:
+        """The registered ``(index, losses) -> weights`` function, or ``None``."""
+        return self._pair_weight_provider
+
+    def set_pair_weight_provider(self, provider: PairWeightProvider | None) -> None:
+        """Register (or with ``None`` remove) the function that weights each pair's loss.
+
+        :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` registers its
+        ``pair_weights`` at ``on_train_start`` and removes it at the end of fit; any callback
+        or user code can do the same. The provider gets the batch's dataset indices and the
+        detached raw per-pair losses and returns ``(B,)`` weights.
+
+        """
+        if provider is not None and not callable(provider):
+            raise TypeError(f"provider must be callable or None, got {type(provider).__name__}")
+        self._pair_weight_provider = provider
 
     # ------------------------------------------------------------------ helpers
 
@@ -544,52 +396,33 @@ class FairVLMModule(pl.LightningModule):
         return {name: batch[name] for name in names}
 
     def _pair_weights(self, index: Tensor, losses: Tensor) -> Tensor:
-        """DBPM weights of the batch's pairs (ones without the callback)."""
-        trainer = self._trainer
-        dbpm = find_bad_pair_mining(trainer) if trainer is not None else None
-        if dbpm is None:
+        """Weights of the batch's pairs from the registered provider (ones without one)."""
+        provider = self._pair_weight_provider
+        if provider is None:
             return torch.ones_like(losses)
-        return dbpm.pair_weights(index, losses.detach()).to(losses)
+        return provider(index, losses.detach()).to(losses)
 
     @torch.no_grad()
     def encode_prompts(self) -> Tensor:
         """Encode the class prompts: ``(C, D)`` L2-normalised, prompt lists averaged.
 
         Raises:
-            RuntimeError: no tokenizer (give ``tokenizer=`` when ``model`` is an instance or a
-                config).
+            RuntimeError: no tokenizer (give ``EncoderSpec(tokenizer=...)`` when the model is
+                an instance or a config).
         """
         if self.tokenizer is None:
             raise RuntimeError(
-                "zero-shot evaluation needs a tokenizer for the prompts: pass tokenizer= (a name, "
-                "folder or instance) when model is not a name or folder"
+                "zero-shot evaluation needs a tokenizer for the prompts: pass "
+                "EncoderSpec(model, tokenizer=...) (a name, folder or instance) when the model "
+                "is not a name or folder"
             )
-        texts = [t for c in sorted(self._prompts) for t in self._prompts[c]]
-        tokens = self.tokenizer(
-            texts,
-            padding="max_length",
-            truncation=True,
-            max_length=self.prompt_max_length,
-            return_tensors="pt",
-        )
-        mask = tokens.get("attention_mask")
-        embeds = self.encoder.encode_text(
-            tokens["input_ids"].to(self.device), None if mask is None else mask.to(self.device)
-        ).float()
-        out, start = [], 0
-        for c in sorted(self._prompts):
-            n = len(self._prompts[c])
-            out.append(torch.nn.functional.normalize(embeds[start : start + n].mean(0), dim=-1))
-            start += n
-        return torch.stack(out)
+        return self.zero_shot.encode(self.encoder, self.tokenizer, self.device)
 
     def zero_shot_logits(self, image_embeds: Tensor) -> Tensor:
         """Scaled similarities ``(B, C)`` of L2-normalised image embeddings to the prompts."""
         if self._prompt_embeds is None or self._prompt_embeds.device != image_embeds.device:
             self._prompt_embeds = self.encode_prompts()
-        scale, bias = self.encoder.logit_params()
-        logits = scale.float() * image_embeds.float() @ self._prompt_embeds.T
-        return logits if bias is None else logits + bias.float()
+        return self.zero_shot.logits(self.encoder, image_embeds, self._prompt_embeds)
 
     # ------------------------------------------------------------------ training
 
@@ -653,10 +486,10 @@ class FairVLMModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor] | None:
         """Weighted contrastive loss + fairness term; returns what the DBPM callback records."""
         needed = ["pixel_values", "input_ids", "index"]
-        if self.fairness_weight > 0:
+        if self.fairness_active:
             needed += list(self.fairness_attributes)
         self._require(batch, needed, "training")
-        if self.fairness_weight > 0:
+        if self.fairness_active:
             self._check_group_ids(batch)
         out = self.encoder(batch["pixel_values"], batch["input_ids"], batch.get("attention_mask"))
         losses = self._pair_losses(out)
@@ -664,7 +497,7 @@ class FairVLMModule(pl.LightningModule):
             return None
         contrastive, logs = self._contrastive_part(out, losses, batch["index"])
         total = contrastive
-        if self.fairness_weight > 0:
+        if self.fairness_active:
             fair, fair_logs = self._fairness_part(out, losses, batch)
             total = total + self.fairness_weight * fair
             logs.update(fair_logs)
@@ -701,9 +534,9 @@ class FairVLMModule(pl.LightningModule):
         )
         raise ValueError(
             f"training batch: attribute {attr!r} has group id(s) {values}{where}, outside its "
-            f"range 0..{n - 1} (metric_attributes declares {n} groups for {attr!r}; -1 = "
+            f"range 0..{n - 1} (metrics['attributes'] declares {n} groups for {attr!r}; -1 = "
             "unknown). Fix the data's group coding, or declare the right count in "
-            "metric_attributes."
+            "metrics['attributes']."
         )
 
     def _pair_losses(self, out: DualEncoderOutput) -> Tensor:
@@ -740,8 +573,9 @@ class FairVLMModule(pl.LightningModule):
         else:
             statistic = (out.image_embeds * out.text_embeds).sum(dim=-1)
         groups = {name: batch[name] for name in self.fairness_attributes}
+        assert self.fairness is not None  # fairness_active
         with torch.autocast(device_type=statistic.device.type, enabled=False):
-            fair, terms = self.fairness_loss(statistic.float(), groups, return_terms=True)
+            fair, terms = self.fairness(statistic.float(), groups, return_terms=True)
         logs = {"train/fairness_loss": fair.detach()}
         for name in self.fairness_attributes:
             parts = [v for k, v in terms.items() if k.split("/")[0] == name]
@@ -846,7 +680,7 @@ class FairVLMModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.scheduler_monitor
+        config: dict[str, Any] = {"scheduler": scheduler, **self.scheduler_config}
+        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config.pop("monitor", None)
         return {"optimizer": optimizer, "lr_scheduler": config}

@@ -22,6 +22,7 @@ from fairvlm_lightning.losses import local_pair_losses, pair_losses
 from fairvlm_lightning.metrics import FairnessMetrics, GroupAUROC
 from fairvlm_lightning.metrics.functional import group_auroc
 from fairvlm_lightning.module import FairVLMModule
+from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
 
 TINY = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
 
@@ -98,7 +99,10 @@ def test_metrics_out_of_range_still_suggests_a_sigmoid() -> None:
 def test_non_finite_pair_loss_stops_the_step_naming_dataset_indices(fairness_weight: float) -> None:
     torch.manual_seed(0)
     module = FairVLMModule(
-        _config(), fairness_weight=fairness_weight, fairness_attributes=("race",)
+        _config(),
+        fairness=SinkhornFairnessLoss(),
+        fairness_weight=fairness_weight,
+        fairness_attributes=("race",),
     )
     with pytest.raises(FloatingPointError) as err:
         module.training_step(_batch(nan_at=2), 0)
@@ -215,9 +219,10 @@ def test_group_id_above_the_declared_count_is_refused_in_training() -> None:
     the evaluation rejected it); now the step stops, naming attribute, value, range and pairs."""
     module = FairVLMModule(
         _config(),
+        fairness=SinkhornFairnessLoss(),
         fairness_weight=0.5,
         fairness_attributes=("race", "gender"),
-        metric_attributes={"race": 3, "gender": 2},
+        metrics={"attributes": {"race": 3, "gender": 2}},
     )
     batch = _batch()
     batch["gender"] = torch.tensor([0, 1, 0, 1, 0, 1])

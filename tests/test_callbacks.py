@@ -420,6 +420,57 @@ def test_find_bad_pair_mining():
         find_bad_pair_mining(SimpleNamespace(callbacks=[cb, DynamicBadPairMining()]))
 
 
+class ProviderRegressor(Regressor):
+    """The provider form of the contract: the callback registers its weights on the module."""
+
+    def __init__(self, fail_at_step=None):
+        super().__init__()
+        self.provider = None
+        self.fail_at_step = fail_at_step
+        self.providers_seen = []
+
+    def set_pair_weight_provider(self, provider):
+        self.provider = provider
+
+    @property
+    def pair_weight_provider(self):
+        return self.provider
+
+    def training_step(self, batch, batch_idx):
+        self.providers_seen.append(self.provider)
+        if self.fail_at_step is not None and self.global_step == self.fail_at_step:
+            raise RuntimeError("stop here")
+        losses = (self.net(batch["x"]).squeeze(-1) - batch["y"]) ** 2
+        weights = self.provider(batch["index"], losses.detach()) if self.provider else 1.0
+        loss = (weights * losses).mean()
+        self.log_losses.append(
+            (self.current_epoch, batch["index"].clone(), losses.detach().clone())
+        )
+        return {"loss": loss, "pair_losses": losses.detach(), "index": batch["index"]}
+
+
+def test_weight_provider_is_registered_for_fit_and_removed_after(tmp_path):
+    """Same weights as the find_bad_pair_mining form; registered only while fit runs."""
+    data = PairData()
+    looked_up, provided = Regressor(), ProviderRegressor()
+    for module in (looked_up, provided):
+        dbpm = DynamicBadPairMining(beta_faulty=2.0, warmup_epochs=1)
+        make_trainer(tmp_path, [dbpm], 3).fit(module, DataLoader(data, batch_size=8))
+    assert all(p == dbpm.pair_weights for p in provided.providers_seen)
+    assert provided.provider is None  # removed at the end of fit
+    for (e1, i1, l1), (e2, i2, l2) in zip(
+        looked_up.log_losses, provided.log_losses, strict=True
+    ):
+        assert e1 == e2 and torch.equal(i1, i2)
+        torch.testing.assert_close(l1, l2, rtol=0, atol=0)
+    failing = ProviderRegressor(fail_at_step=2)
+    with pytest.raises(RuntimeError, match="stop here"):
+        make_trainer(tmp_path, [DynamicBadPairMining()], 1).fit(
+            failing, DataLoader(data, batch_size=8)
+        )
+    assert failing.providers_seen[0] is not None and failing.provider is None
+
+
 def test_callback_reused_by_a_new_fit_keeps_mining():
     cb = DynamicBadPairMining()
     start(cb)
@@ -449,7 +500,7 @@ def test_options_and_truth_metrics_through_the_trainer(tmp_path):
 
     data = TruthData()
     epochs = 4
-    kwargs = dict(beta_faulty=2.0, location="median", scope=("race",), min_group_size=10)
+    kwargs = dict(beta_faulty=2.0, location="median", scope=("race",), min_cell_size=10)
     dbpm = DynamicBadPairMining(truth_key="is_bad_pair", group_keys=("race",), **kwargs)
     module = Regressor()
     make_trainer(tmp_path, [dbpm], epochs).fit(module, DataLoader(data, batch_size=8))

@@ -38,7 +38,7 @@ def _sklearn_test_auc(ckpt: str, root: Path, synthetic_kwargs: dict) -> float:
     """AUC of the checkpoint's zero-shot scores on the test split, without the module's code."""
     checkpoint = torch.load(ckpt, weights_only=True)
     state = checkpoint["state_dict"]
-    max_length = checkpoint["hyper_parameters"]["prompt_max_length"]  # = data.max_length
+    max_length = checkpoint["hyper_parameters"]["zero_shot"]["max_length"]  # = data's
     model = AutoModel.from_pretrained(root / "tiny_model")
     prefix = "encoder.model."
     model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})

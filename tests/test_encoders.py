@@ -258,3 +258,30 @@ def test_ambiguous_keyword_raises():
     with pytest.raises(TypeError, match="'position_ids' is accepted by both"):
         DualEncoder(Both())(torch.randn(2, 6), torch.zeros(2, 3, dtype=torch.long),
                             position_ids=None)
+
+
+# ---------------------------------------------------------------------- EncoderSpec
+
+
+def test_encoder_spec_builds_what_the_direct_path_builds():
+    """``EncoderSpec(...).build(model)`` == ``DualEncoder(model, ...)`` by hand, and its record
+    rebuilds the same spec."""
+    from fairvlm_lightning.encoders import EncoderSpec
+
+    torch.manual_seed(0)
+    model = _clip()
+    spec = EncoderSpec(loss="siglip", max_logit_scale=20.0, gather_distributed=False)
+    built = spec.build(model)
+    assert built.encoder.model is model and built.tokenizer is None and built.peft is None
+    direct = DualEncoder(model, loss_kind="siglip", max_logit_scale=20.0)
+    pixels = torch.randn(2, 3, 16, 16)
+    ids = torch.tensor([[5, 6, 2], [7, 8, 2]])
+    for a, b in zip(built.encoder(pixels, ids), direct(pixels, ids), strict=True):
+        torch.testing.assert_close(a, b)
+    assert built.record == {"loss": "siglip", "max_logit_scale": 20.0, "gather_distributed": False}
+    again = EncoderSpec.from_value(built.record)
+    assert again.record() == built.record and EncoderSpec.from_value(None).record() is None
+    with pytest.raises(ValueError, match="max_logit_scale must be positive"):
+        EncoderSpec(max_logit_scale=0.0)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['model'\]"):
+        EncoderSpec.from_value({"model": "x"})

@@ -20,6 +20,7 @@ from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.export import export_checkpoint, export_module
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.probe import probe_datamodule
+from fairvlm_lightning.zeroshot import ZeroShotPrompts
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +111,7 @@ def test_fit_probe_export_round_trip(
     assert f"| race | {test_metrics['test/auc']:.3f} |" in card
     assert "LORA adapters" in card
     # FairVLMModule accepts the folder (tokenizer included) and scores zero-shot
-    again = FairVLMModule(model=str(hf), prompt_max_length=32)
+    again = FairVLMModule(model=str(hf), zero_shot=ZeroShotPrompts(max_length=32))
     assert again.encode_prompts().shape[0] == 2
     with pytest.raises(FileExistsError, match="not an empty folder"):
         export_checkpoint(ckpt, hf)
@@ -163,7 +164,9 @@ def test_fit_probe_export_round_trip(
 
 def test_plain_export_and_errors(synthetic_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    module = FairVLMModule(str(synthetic_root / "tiny_model"), prompt_max_length=32)
+    module = FairVLMModule(
+        str(synthetic_root / "tiny_model"), zero_shot=ZeroShotPrompts(max_length=32)
+    )
     with torch.no_grad():
         module.model.visual_projection.weight.mul_(1.5)  # "fine-tuned"
     out = export_module(module, tmp_path / "plain")
@@ -184,7 +187,9 @@ def test_card_without_data_says_why_and_names_no_local_path(
 ) -> None:
     import lightning
 
-    module = FairVLMModule(str(synthetic_root / "tiny_model"), prompt_max_length=32)
+    module = FairVLMModule(
+        str(synthetic_root / "tiny_model"), zero_shot=ZeroShotPrompts(max_length=32)
+    )
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save(
@@ -230,13 +235,14 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 from fairvlm_lightning.export import export_module
 from fairvlm_lightning.module import FairVLMModule
+from fairvlm_lightning.zeroshot import ZeroShotPrompts
 
 tiny, out, ready = sys.argv[1:4]
 def stall(self, *args, **kwargs):  # model.safetensors is written, the tokenizer is not
     Path(ready).touch()
     time.sleep(120)
 PreTrainedTokenizerBase.save_pretrained = stall
-export_module(FairVLMModule(tiny, prompt_max_length=32), out, overwrite=True)
+export_module(FairVLMModule(tiny, zero_shot=ZeroShotPrompts(max_length=32)), out, overwrite=True)
 """
 
 
@@ -255,7 +261,7 @@ def test_overwrite_replaces_whole_and_a_killed_export_is_never_half(
 
     tiny = synthetic_root / "tiny_model"
     torch.manual_seed(0)
-    module = FairVLMModule(str(tiny), prompt_max_length=32)
+    module = FairVLMModule(str(tiny), zero_shot=ZeroShotPrompts(max_length=32))
     fresh = export_module(module, tmp_path / "fresh", image_processor=str(tiny))
     expected = sorted(p.name for p in fresh.iterdir())
     assert {MARKER, "model.safetensors", "README.md", "tokenizer.json"} <= set(expected)
@@ -288,7 +294,8 @@ def test_overwrite_replaces_whole_and_a_killed_export_is_never_half(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     partial = next(tmp_path.glob(".hf.tmp-*"))  # the killed child's folder: weights, no tokenizer
     assert (partial / "model.safetensors").is_file() and not (partial / "tokenizer.json").exists()
-    FairVLMModule(model=str(out), prompt_max_length=32)  # the old export still loads
+    # the old export still loads
+    FairVLMModule(model=str(out), zero_shot=ZeroShotPrompts(max_length=32))
     dm = FairVLMedDataModule(tmp_path / "no_data", model=str(out), max_length=32)
     assert dm.tokenize("A photo of glaucoma")["input_ids"].shape == (1, 32)
     # the killed export's temporary folder is refused, with a reason

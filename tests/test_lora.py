@@ -12,7 +12,10 @@ import torch
 from peft import LoraConfig, PeftModel
 
 from fairvlm_lightning.data import FairVLMedDataModule
+from fairvlm_lightning.encoders import EncoderSpec
 from fairvlm_lightning.module import FairVLMModule
+from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
+from fairvlm_lightning.zeroshot import ZeroShotPrompts
 
 LORA = {
     "r": 4,
@@ -25,10 +28,11 @@ def _module(root: Path, peft=LORA, lr: float = 1e-2) -> FairVLMModule:
     torch.manual_seed(0)
     return FairVLMModule(
         str(root / "tiny_model"),
-        prompt_max_length=32,
+        encoder=EncoderSpec(peft=peft),
+        fairness=SinkhornFairnessLoss(),
         fairness_weight=0.1,
         fairness_attributes=["gender"],
-        peft=peft,
+        zero_shot=ZeroShotPrompts(max_length=32),
         optimizer=lambda p: torch.optim.AdamW(p, lr=lr),
     )
 
@@ -106,7 +110,7 @@ def test_fit_lowers_loss_base_frozen_checkpoint_and_resume(
 
     # the checkpoint loads with weights_only=True and rebuilds the LoRA model
     raw = torch.load(ckpt_cb.last_model_path, weights_only=True)
-    assert raw["hyper_parameters"]["peft"]["r"] == 4
+    assert raw["hyper_parameters"]["encoder"]["peft"]["r"] == 4
     reloaded = FairVLMModule.load_from_checkpoint(ckpt_cb.last_model_path, weights_only=True)
     assert isinstance(reloaded.model, PeftModel)
     for k, v in reloaded.state_dict().items():
@@ -131,7 +135,8 @@ def test_peft_config_forms_and_errors(synthetic_root: Path) -> None:
     )
     plain = _module(synthetic_root)
     for m in (as_object, as_yaml):
-        assert m.hparams["peft"] == plain.hparams["peft"]
+        assert m.hparams["encoder"]["peft"] == plain.hparams["encoder"]["peft"]
+        assert m.peft_config == plain.peft_config == plain.hparams["encoder"]["peft"]
         assert sorted(m.state_dict()) == sorted(plain.state_dict())
     with pytest.raises(ValueError, match="unknown LoraConfig option"):
         _module(synthetic_root, peft={"rank": 4})

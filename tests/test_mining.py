@@ -359,7 +359,7 @@ def reference_options(
     statistic="mean",
     location="mean",
     scope=(),
-    min_group_size=50,
+    min_cell_size=50,
     ema_decay=0.5,
 ):
     """NumPy float64 reference of the options, written from the formulas in docs/mining.md.
@@ -407,7 +407,7 @@ def reference_options(
             known = (keys >= 0).all(axis=1)
             for cell in {tuple(k) for k in keys[known & has].tolist()}:
                 members = known & has & (keys == np.array(cell)).all(axis=1)
-                if members.sum() >= min_group_size:
+                if members.sum() >= min_cell_size:
                     m, s = loc_scale(stat[members])
                     sel = known & (keys == np.array(cell)).all(axis=1)
                     lo[sel], hi[sel] = m - beta_noisy * s, m + beta_faulty * s
@@ -458,10 +458,10 @@ OPTION_CASES = [
     dict(statistic="mean", location="mean", scope=()),
     dict(statistic="mean", location="median", scope=()),
     dict(statistic="ema", location="mean", scope=()),
-    dict(statistic="ema", location="median", scope=("race",), min_group_size=30),
-    dict(statistic="mean", location="mean", scope=("race",), min_group_size=30),
-    dict(statistic="mean", location="median", scope=("race",), min_group_size=30),
-    dict(statistic="mean", location="mean", scope=("race", "gender"), min_group_size=25),
+    dict(statistic="ema", location="median", scope=("race",), min_cell_size=30),
+    dict(statistic="mean", location="mean", scope=("race",), min_cell_size=30),
+    dict(statistic="mean", location="median", scope=("race",), min_cell_size=30),
+    dict(statistic="mean", location="mean", scope=("race", "gender"), min_cell_size=25),
     dict(statistic="ema", location="mean", scope=("gender",), ema_decay=0.3),
 ]
 
@@ -498,7 +498,7 @@ def test_group_scope_finds_planted_pairs_that_a_global_threshold_misses():
     n = len(groups["race"])
     tg = {k: torch.as_tensor(v) for k, v in groups.items()}
     glob = drive(BadPairMiner(n, beta_faulty=3.0), epochs)
-    own = BadPairMiner(n, beta_faulty=3.0, scope=("race",), min_group_size=30)
+    own = BadPairMiner(n, beta_faulty=3.0, scope=("race",), min_cell_size=30)
     for batches in epochs:
         for index, losses in batches:
             own.record(torch.as_tensor(index), torch.as_tensor(losses, dtype=torch.float32))
@@ -546,7 +546,7 @@ def test_max_weight_caps_and_tiny_sigma_warns():
         (dict(location="trimmed"), ValueError, "location must be one of"),
         (dict(scope="race"), TypeError, "scope must be a sequence"),
         (dict(scope=("race", "race")), ValueError, "duplicates"),
-        (dict(min_group_size=1), ValueError, "min_group_size must be >= 2"),
+        (dict(min_cell_size=1), ValueError, "min_cell_size must be >= 2"),
         (dict(ema_decay=0.0), ValueError, r"ema_decay must be in \(0, 1\]"),
         (dict(max_weight=0.0), ValueError, "max_weight must be > 0"),
     ],
@@ -578,7 +578,7 @@ def test_options_state_round_trip_resumes_exactly(tmp_path):
     epochs, groups = grouped_stream()
     n = len(groups["race"])
     tg = {k: torch.as_tensor(v) for k, v in groups.items()}
-    kwargs = dict(statistic="ema", location="median", scope=("race",), min_group_size=30)
+    kwargs = dict(statistic="ema", location="median", scope=("race",), min_cell_size=30)
 
     def run(miner, part):
         for batches in part:

@@ -120,7 +120,7 @@ def test_two_process_miner_equals_one_process_seeing_all_pairs():
             assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
 
 
-OPTIONS = dict(statistic="ema", location="median", scope=("race", "gender"), min_group_size=10)
+OPTIONS = dict(statistic="ema", location="median", scope=("race", "gender"), min_cell_size=10)
 
 
 def _groups():

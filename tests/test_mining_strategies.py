@@ -188,7 +188,7 @@ def test_mixture_rule_small_and_unknown_groups_use_the_global_fit():
     race[:30] = 1  # too small for its own fit
     race[30:40] = -1
     miner = _drive(
-        BadPairMiner(1000, rule=GaussianMixtureRule(), scope=Scope(("race",), min_group_size=50)),
+        BadPairMiner(1000, rule=GaussianMixtureRule(), scope=Scope(("race",), min_cell_size=50)),
         _stream(x, 2),
         groups={"race": torch.as_tensor(race)},
     )
@@ -307,7 +307,7 @@ def test_flat_options_build_the_same_objects():
         ema_decay=0.3,
         location="median",
         scope=("race",),
-        min_group_size=7,
+        min_cell_size=7,
         beta_noisy=1.0,
         beta_faulty=2.0,
         weighting="zero",
@@ -329,7 +329,7 @@ def test_flat_options_build_the_same_objects():
     [
         (dict(rule=GaussianMixtureRule(), beta_faulty=2.0), ValueError, "belong to the rule"),
         (dict(statistic=EmaLoss(), ema_decay=0.2), ValueError, "ema_decay is given twice"),
-        (dict(scope=Scope(("race",)), min_group_size=3), ValueError, "min_group_size is given"),
+        (dict(scope=Scope(("race",)), min_cell_size=3), ValueError, "min_cell_size is given"),
         (dict(bogus=1), TypeError, r"unexpected DBPM options \['bogus'\]"),
         (dict(rule="zero"), TypeError, "rule must be a MiningRule"),
         (dict(statistic=3), TypeError, "statistic must be"),
@@ -473,7 +473,7 @@ SNIPPETS = {
               init_args: {threshold: 0.5, weighting: posterior}
             scope:
               class_path: fairvlm_lightning.mining.Scope
-              init_args: {attributes: [race], min_group_size: 50}
+              init_args: {attributes: [race], min_cell_size: 50}
         """,
         MinerSpec(2, EmaLoss(0.5), GaussianMixtureRule(0.5, "posterior"), Scope(["race"], 50)),
     ),
@@ -523,3 +523,15 @@ def test_shipped_config_keeps_its_values(tmp_path, monkeypatch, synthetic_root, 
     )
     assert cb.spec == old
     assert cb.truth_key == "is_bad_pair"
+
+
+def test_min_group_size_is_the_deprecated_name_of_min_cell_size():
+    """DBPM's cell fallback size is ``min_cell_size``; the old keyword warns and means the same."""
+    with pytest.warns(DeprecationWarning, match="min_cell_size"):
+        old = Scope(("race",), min_group_size=7)
+    assert old == Scope(("race",), min_cell_size=7) and old.min_cell_size == 7
+    with pytest.warns(DeprecationWarning, match="min_cell_size"):
+        flat = BadPairMiner(10, scope=("race",), min_group_size=7)
+    assert flat.spec == BadPairMiner(10, scope=Scope(("race",), 7)).spec
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="given twice"):
+        BadPairMiner(10, scope=("race",), min_group_size=7, min_cell_size=7)

@@ -21,7 +21,10 @@ from transformers import AutoModel, AutoTokenizer, CLIPConfig, CLIPModel
 
 from fairvlm_lightning.callbacks import DynamicBadPairMining
 from fairvlm_lightning.data import FairVLMedDataModule
+from fairvlm_lightning.encoders import EncoderSpec
 from fairvlm_lightning.module import DEFAULT_PROMPTS, FairVLMModule
+from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss
+from fairvlm_lightning.zeroshot import ZeroShotPrompts
 
 TINY = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
 
@@ -88,10 +91,10 @@ def test_fairness_term_matches_closed_form(statistic: str) -> None:
     weight = 0.7
     module = FairVLMModule(
         tiny_config(),
+        fairness=SinkhornFairnessLoss(backend="exact1d"),
         fairness_weight=weight,
         fairness_attributes=["race", "gender"],
         fairness_statistic=statistic,
-        sinkhorn_backend="exact1d",
     )
     batch = random_batch()
     out = module.training_step(batch, 0)
@@ -146,9 +149,9 @@ def test_fairness_term_gradient_through_the_model(weight: float) -> None:
     torch.manual_seed(0)
     module = FairVLMModule(
         tiny_config(),
+        fairness=SinkhornFairnessLoss(backend="exact1d"),
         fairness_weight=weight,
         fairness_attributes=["race"],
-        sinkhorn_backend="exact1d",
     )
     params = [p for p in module.encoder.parameters() if p.requires_grad]
     batch = random_batch()
@@ -217,22 +220,117 @@ def test_hparams_of_a_model_instance_are_plain(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"loss": "infonce"}, ValueError, "loss must be"),
+        ({"encoder": {"loss": "infonce"}}, ValueError, "loss must be"),
+        ({"encoder": {"lora": {}}}, ValueError, r"encoder has unknown key\(s\) \['lora'\]"),
+        ({"encoder": 3}, TypeError, "encoder must be an EncoderSpec"),
         ({"fairness_statistic": "auc"}, ValueError, "fairness_statistic"),
         ({"fairness_weight": -1.0}, ValueError, "fairness_weight must be >= 0"),
         ({"fairness_weight": float("nan")}, ValueError, "finite"),
+        ({"fairness_weight": 0.5}, ValueError, "needs a fairness term"),
+        ({"fairness": "sinkhorn"}, TypeError, "fairness must be a SinkhornFairnessLoss"),
+        ({"fairness": {"class_path": "torch.nn.Linear"}}, ValueError, "SinkhornFairnessLoss"),
         ({"fairness_attributes": "race"}, TypeError, "sequence of attribute names"),
-        ({"prompts": {0: "a", 2: "b"}}, ValueError, "classes 0 and 1"),
-        ({"prompts": {0: "a", 1: ""}}, ValueError, r"prompts\[1\]"),
-        ({"prompts": ["a", "b"]}, TypeError, "prompts must be a dict"),
-        ({"prompt_max_length": 0}, ValueError, "prompt_max_length"),
-        ({"metric_attributes": ["race"]}, TypeError, "metric_attributes"),
-        ({"scheduler_interval": "batch"}, ValueError, "scheduler_interval"),
+        ({"zero_shot": {"prompts": {0: "a", 2: "b"}}}, ValueError, "classes 0 and 1"),
+        ({"zero_shot": {"prompts": {0: "a", 1: ""}}}, ValueError, r"prompts\[1\]"),
+        ({"zero_shot": {"prompts": ["a", "b", "c"]}}, ValueError, "exactly two classes"),
+        ({"zero_shot": {"prompts": "a b"}}, TypeError, "one prompt"),
+        ({"zero_shot": {"max_length": 0}}, ValueError, "zero_shot.max_length"),
+        ({"zero_shot": {"length": 8}}, ValueError, "unknown key"),
+        ({"metrics": ["race"]}, TypeError, "metrics must be a dict"),
+        ({"metrics": {"attributes": ["race"]}}, TypeError, r"metrics\['attributes'\]"),
+        ({"scheduler_config": {"interval": "batch"}}, ValueError, "interval"),
+        ({"scheduler_config": {"every": 2}}, ValueError, "unknown key"),
     ],
 )
 def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         FairVLMModule(tiny_config(), **kwargs)
+
+
+def test_constructor_takes_at_most_twelve_components() -> None:
+    import inspect
+
+    params = list(inspect.signature(FairVLMModule.__init__).parameters)[1:]
+    assert len(params) <= 12, params
+
+
+def test_components_are_recorded_as_plain_values_and_rebuilt() -> None:
+    """The hyper-parameters rebuild each component: a second construction from them agrees."""
+    torch.manual_seed(0)
+    module = FairVLMModule(
+        tiny_config(),
+        encoder=EncoderSpec(loss="siglip", max_logit_scale=50.0, gather_distributed=False),
+        fairness=SinkhornFairnessLoss(blur=0.05, min_group_size=3, backend="exact1d"),
+        fairness_weight=0.25,
+        zero_shot=ZeroShotPrompts(("healthy", ["glaucoma", "an eye with glaucoma"]), 12),
+        metrics={"attributes": {"race": 3}, "threshold": 0.4},
+        scheduler_config={"interval": "step"},
+    )
+    hp = dict(module.hparams)
+    assert hp["encoder"] == {"loss": "siglip", "max_logit_scale": 50.0, "gather_distributed": False}
+    assert hp["fairness"]["init_args"] == {
+        "blur": 0.05, "p": 2, "scaling": SinkhornFairnessLoss().scaling,
+        "min_group_size": 3, "backend": "exact1d",
+    }
+    again = FairVLMModule(**hp)  # what load_from_checkpoint does with them
+    assert again.loss_kind == "siglip" and again.encoder.max_logit_scale == 50.0
+    assert again.gather_distributed is False
+    assert (again.fairness.blur, again.fairness.min_group_size) == (0.05, 3)
+    assert again.fairness_weight == 0.25
+    assert again.prompts == {0: ["healthy"], 1: ["glaucoma", "an eye with glaucoma"]}
+    assert again.prompt_max_length == 12
+    assert again.metric_attributes == {"race": 3} and again.val_metrics.threshold == 0.4
+    assert again.scheduler_config == {"interval": "step", "monitor": "val/loss"}
+    assert dict(again.hparams) == hp
+
+
+def test_fairness_weight_defaults_to_one_with_a_term_and_zero_without() -> None:
+    torch.manual_seed(0)
+    batch = random_batch()
+    plain = FairVLMModule(tiny_config())
+    assert plain.fairness is None and plain.fairness_weight == 0.0
+    with_term = FairVLMModule(
+        tiny_config(),
+        fairness=SinkhornFairnessLoss(backend="exact1d"),
+        fairness_attributes=["race"],
+    )
+    assert with_term.fairness_weight == 1.0
+    with_term.load_state_dict(plain.state_dict())
+    off = FairVLMModule(
+        tiny_config(), fairness=SinkhornFairnessLoss(), fairness_weight=0.0,
+        fairness_attributes=["race"],
+    )
+    off.load_state_dict(plain.state_dict())
+    base = plain.training_step(batch, 0)["loss"]
+    torch.testing.assert_close(off.training_step(batch, 0)["loss"], base)
+    losses = plain.training_step(batch, 0)["pair_losses"].double().numpy()
+    race = batch["race"].numpy()
+    fair = sum(half_w2(losses[race == g], losses) for g in (0, 1))  # group 2 has one member
+    assert with_term.training_step(batch, 0)["loss"].item() == pytest.approx(
+        base.item() + fair, rel=1e-4
+    )
+
+
+def test_pair_weight_provider_weights_the_contrastive_mean() -> None:
+    torch.manual_seed(0)
+    module = FairVLMModule(tiny_config())
+    batch = random_batch()
+    plain = module.training_step(batch, 0)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def provider(index: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        seen.append((index, losses))
+        return (index % 2).float()  # drop the even pairs
+
+    module.set_pair_weight_provider(provider)
+    weighted = module.training_step(batch, 0)
+    assert seen[0][0] is batch["index"] and not seen[0][1].requires_grad
+    ell = plain["pair_losses"]
+    torch.testing.assert_close(weighted["loss"], (ell * (batch["index"] % 2)).mean())
+    module.set_pair_weight_provider(None)
+    torch.testing.assert_close(module.training_step(batch, 0)["loss"], plain["loss"])
+    with pytest.raises(TypeError, match="callable"):
+        module.set_pair_weight_provider(3)  # type: ignore[arg-type]
 
 
 def test_bad_model_and_bad_batch(tmp_path: Path) -> None:
@@ -244,7 +342,9 @@ def test_bad_model_and_bad_batch(tmp_path: Path) -> None:
         FairVLMModule(str(tmp_path / "missing"))
     with pytest.raises(TypeError, match="cannot serve as a dual encoder"):
         FairVLMModule(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
-    module = FairVLMModule(tiny_config(), fairness_weight=1.0, fairness_attributes=["race"])
+    module = FairVLMModule(
+        tiny_config(), fairness=SinkhornFairnessLoss(), fairness_attributes=["race"]
+    )
     batch = random_batch()
     with pytest.raises(ValueError, match=r"lacks key\(s\) \['index'\]"):
         module.training_step({k: v for k, v in batch.items() if k != "index"}, 0)
@@ -416,12 +516,13 @@ def test_bf16_mixed_fit_keeps_the_fairness_term_in_float32(
     dm = _datamodule(synthetic_root, synthetic_kwargs)
     module = FairVLMModule(
         str(synthetic_root / "tiny_model"),
-        fairness_weight=1.0,
+        fairness=SinkhornFairnessLoss(),
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
     )
     before = [p.detach().clone() for p in module.parameters()]
-    spy = _DtypeSpy(module.fairness_loss.forward)
-    module.fairness_loss.forward = spy  # type: ignore[method-assign]
+    assert module.fairness is not None
+    spy = _DtypeSpy(module.fairness.forward)
+    module.fairness.forward = spy  # type: ignore[method-assign]
     trainer = pl.Trainer(
         max_epochs=1,
         limit_train_batches=2,
@@ -452,6 +553,7 @@ def _ddp_fit(rank: int, world_size: int, root: str, synthetic_kwargs: dict) -> d
     dm = _datamodule(Path(root), synthetic_kwargs)
     module = FairVLMModule(
         str(Path(root) / "tiny_model"),
+        fairness=SinkhornFairnessLoss(),
         fairness_weight=0.5,
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
     )

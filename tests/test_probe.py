@@ -21,6 +21,7 @@ from fairvlm_lightning.probe import (
     linear_probe,
     probe_datamodule,
 )
+from fairvlm_lightning.zeroshot import ZeroShotPrompts
 
 ATTRS = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
 
@@ -28,7 +29,9 @@ ATTRS = {"race": 3, "gender": 2, "ethnicity": 2, "language": 3}
 @pytest.fixture(scope="module")
 def setup(synthetic_root: Path, synthetic_kwargs: dict):
     torch.manual_seed(0)
-    module = FairVLMModule(str(synthetic_root / "tiny_model"), prompt_max_length=32)
+    module = FairVLMModule(
+        str(synthetic_root / "tiny_model"), zero_shot=ZeroShotPrompts(max_length=32)
+    )
     dm = FairVLMedDataModule(
         str(synthetic_root),
         synthetic=True,
@@ -128,7 +131,9 @@ def test_callback_in_fit_leaves_encoder_unchanged(
     synthetic_root: Path, synthetic_kwargs: dict
 ) -> None:
     torch.manual_seed(0)
-    module = FairVLMModule(str(synthetic_root / "tiny_model"), prompt_max_length=32)
+    module = FairVLMModule(
+        str(synthetic_root / "tiny_model"), zero_shot=ZeroShotPrompts(max_length=32)
+    )
     dm = FairVLMedDataModule(
         str(synthetic_root),
         synthetic=True,

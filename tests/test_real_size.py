@@ -42,7 +42,8 @@ def test_fairvlmed_config_end_to_end_at_real_size(
         "--config", "fairvlmed_clip_vitb16",
         "--data.root", str(root), "--data.synthetic", "true",
         "--data.synthetic_kwargs", json.dumps(KWARGS),
-        "--model.model", str(root / "tiny_model"), "--model.peft", json.dumps(LORA),
+        "--model.model", str(root / "tiny_model"),
+        "--model.encoder", json.dumps({"loss": "clip", "peft": LORA}),
         "--data.batch_size", "2", "--data.eval_batch_size", "4", "--data.num_workers", "0",
         "--trainer.accelerator", "cpu", "--trainer.precision", "32",
     ]  # fmt: skip

@@ -8,8 +8,8 @@ best checkpoint and prints a per-attribute fairness table; ``validate``, ``test`
   tiny dual encoder are written under ``data.root`` when missing
   (:func:`fairvlm_lightning.data.ensure_synthetic_assets`), so a config can name
   ``<root>/tiny_model`` as the model on a fresh machine, offline;
-* ``data.max_length`` is linked to ``model.prompt_max_length`` (prompts padded like the notes) and
-  ``data.model`` defaults to ``model.model`` when that is a name or folder;
+* ``data.max_length`` is linked to ``model.zero_shot.max_length`` (prompts padded like the notes)
+  and ``data.model`` defaults to ``model.model`` when that is a name or folder;
 * ``config.yaml`` is written with ``overwrite=True`` into the logger's (versioned) run folder, so
   reruns of the same command never collide; the ``version_<n>`` folder of a ``CSVLogger`` or
   ``TensorBoardLogger`` without an explicit ``version`` is claimed atomically (``mkdir``) before
@@ -474,7 +474,7 @@ class FairVLMCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link prompt padding to the data and add the reporting switches."""
-        parser.link_arguments("data.max_length", "model.prompt_max_length")
+        parser.link_arguments("data.max_length", "model.zero_shot.max_length")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -671,7 +671,9 @@ class FairVLMCLI(LightningCLI):
         cfg = self._cfg()
         data, model = cfg.get("data"), cfg.get("model")
         _expand_cache_paths(data, ("root", "model"))
-        _expand_cache_paths(model, ("model", "tokenizer"))
+        _expand_cache_paths(model, ("model",))
+        encoder = model.get("encoder") if model is not None else None
+        _expand_cache_paths(getattr(encoder, "init_args", encoder), ("tokenizer",))
         if data is None:
             return
         self.seeds = _resolve_seeds(cfg)

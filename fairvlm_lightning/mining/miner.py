@@ -15,10 +15,10 @@ and gets the weight ``N(l_i; mu, sigma)`` at its current loss ``l_i``; all other
 
 The statistic, the scope and the rule are small objects
 (:mod:`fairvlm_lightning.mining.strategies`): ``MeanLoss``/``EmaLoss``, ``Scope``,
-``ThresholdRule`` (with ``MeanStd``/``MedianMad``) and ``GaussianMixtureRule``. Today's flat
+``ThresholdRule`` (with ``MeanStd``/``MedianMad``) and ``GaussianMixtureRule``. The flat
 options (``statistic="ema"``, ``location="median"``, ``scope=("race",)``, ``beta_faulty=...``,
-``weighting=...``, ``min_group_size``, ``ema_decay``, ``max_weight``) still work and build the
-same objects (:func:`~fairvlm_lightning.mining.strategies.strategies_from_options`).
+``weighting=...``, ``min_cell_size``, ``ema_decay``, ``max_weight``) build the same
+objects (:func:`~fairvlm_lightning.mining.strategies.strategies_from_options`).
 
 The loop contract is three calls: :meth:`BadPairMiner.weights` before reducing the loss,
 :meth:`BadPairMiner.record` with the raw per-pair losses of the step, and
@@ -65,6 +65,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fairvlm_lightning.mining.mixture import Chunks
 from fairvlm_lightning.mining.strategies import (
     FAULTY,
     NOISY,
@@ -185,6 +186,92 @@ class _CellMoments:
         return out
 
 
+def _cell_chunk(cells: tuple[list[Tensor], list[int]], s: int, e: int) -> Tensor:
+    """Group-cell id of pairs ``s:e`` (mixed radix over the scope attributes; -1 = unknown)."""
+    tensors, strides = cells
+    if len(tensors) == 1:  # one attribute: the cell is the id (-1 = unknown)
+        return tensors[0][s:e].long()
+    device = tensors[0].device
+    cell = torch.zeros(e - s, dtype=torch.int32, device=device)
+    unknown = torch.zeros(e - s, dtype=torch.bool, device=device)
+    for g, stride in zip(tensors, strides, strict=False):
+        v = g[s:e]
+        unknown |= v < 0
+        cell.add_(v.clamp_min(0), alpha=stride)
+    return cell.masked_fill_(unknown, -1).long()
+
+
+class _FoldStatistics:
+    """What the rule fits on, accumulated chunk by chunk while an epoch is folded.
+
+    Count, mean and M2 of the statistic of the pairs with history are chunk-wise two-pass
+    statistics merged with Chan et al.'s parallel update, in float64; the values themselves
+    (and their cells) are kept for rules that need them, per-cell moments for those that need
+    them.
+    """
+
+    def __init__(
+        self, cells: tuple[list[Tensor], list[int]] | None, keep_values: bool, moments: bool
+    ) -> None:
+        self.cells = cells
+        self.keep_values = keep_values
+        self.cell_acc = _CellMoments(cells[1]) if moments and cells is not None else None
+        self.needs_cells = cells is not None and (keep_values or self.cell_acc is not None)
+        self.kept: list[Tensor] = []
+        self.kept_cells: list[Tensor] = []
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, values: Tensor, cell: Tensor | None) -> None:
+        """One chunk's float64 statistic of the pairs with history (and their cell ids)."""
+        if values.numel():
+            n_c = values.numel()
+            mean_c = float(values.mean())
+            m2_c = float(((values - mean_c) ** 2).sum())
+            total = self.count + n_c
+            delta = mean_c - self.mean
+            self.mean += delta * n_c / total
+            self.m2 += m2_c + delta * delta * self.count * n_c / total
+            self.count = total
+            self.low = min(self.low, float(values.min()))
+            self.high = max(self.high, float(values.max()))
+        if cell is not None:
+            if self.keep_values:
+                self.kept_cells.append(cell.cpu())
+            if self.cell_acc is not None:
+                self.cell_acc.add(cell, values)
+        if self.keep_values:
+            self.kept.append(values.cpu())
+
+    def statistics(self, chunks: Chunks, min_cell_size: int) -> CellStatistics:
+        """The :class:`CellStatistics` of the folded epoch."""
+        stats = CellStatistics(
+            count=self.count,
+            mean=self.mean,
+            m2=self.m2,
+            chunks=chunks,
+            minimum=self.low if self.count else math.nan,
+            maximum=self.high if self.count else math.nan,
+        )
+        if self.keep_values:
+            stats.values = (
+                torch.cat(self.kept) if self.kept else torch.zeros(0, dtype=torch.float64)
+            )
+        if self.cells is not None:
+            stats.num_cells = self.cells[1][-1]
+            stats.cell_names = _cell_names(self.cells[1])
+            stats.min_cell_size = min_cell_size
+            if self.keep_values:
+                stats.value_cells = (
+                    torch.cat(self.kept_cells)
+                    if self.kept_cells
+                    else torch.zeros(0, dtype=torch.long)
+                )
+            if self.cell_acc is not None:
+                stats.cell_moments = self.cell_acc.result()
+        return stats
+
+
 def _cell_names(strides: list[int]) -> list[tuple[int, ...]]:
     """The group id of each scope attribute of every cell (inverse of the mixed radix)."""
     return [
@@ -193,21 +280,134 @@ def _cell_names(strides: list[int]) -> list[tuple[int, ...]]:
     ]
 
 
+def _check_batch(
+    index: Any, losses: Any, num_pairs: int, device: torch.device, where: str
+) -> tuple[Tensor, Tensor]:
+    """``index`` as long on ``device`` and the detached ``losses``, after the checks."""
+    if not isinstance(index, Tensor):
+        raise TypeError(f"{where}: index must be a torch.Tensor, got {type(index).__name__}")
+    if not isinstance(losses, Tensor):
+        raise TypeError(f"{where}: losses must be a torch.Tensor, got {type(losses).__name__}")
+    if not is_integer_tensor(index):
+        raise TypeError(f"{where}: index must be an integer tensor, got {index.dtype}")
+    if not losses.is_floating_point():
+        raise TypeError(f"{where}: losses must be a floating-point tensor, got {losses.dtype}")
+    if index.ndim != 1 or losses.ndim != 1 or index.shape[0] != losses.shape[0]:
+        raise ValueError(
+            f"{where}: index and losses must both be 1-D of the same length (B,), got index "
+            f"shape {tuple(index.shape)} and losses shape {tuple(losses.shape)}"
+        )
+    if index.numel():
+        lo, hi = (int(v) for v in torch.aminmax(index))
+        if lo < 0 or hi >= num_pairs:
+            raise ValueError(
+                f"{where}: index out of range [0, {num_pairs}): got values in "
+                f"[{lo}, {hi}] (num_pairs={num_pairs})"
+            )
+    return index.to(device, torch.long), losses.detach()
+
+
+def _check_groups(
+    groups: Mapping[str, Tensor] | None,
+    attributes: tuple[str, ...],
+    num_pairs: int,
+    device: torch.device,
+) -> tuple[list[Tensor], list[int]] | None:
+    """Validate ``groups`` for the scope; return the id tensors and the cumulative strides.
+
+    The cell of a pair is ``sum_a g_a * stride_a`` (mixed radix over the scope attributes,
+    radix = 1 + the largest id); the last stride is the number of cells.
+    """
+    if not attributes:
+        return None
+    if groups is None or not isinstance(groups, Mapping):
+        raise ValueError(
+            f"BadPairMiner.end_epoch: scope={attributes} needs groups={{attribute: "
+            f"(num_pairs,) group ids}}, got {type(groups).__name__}"
+        )
+    tensors, strides = [], [1]
+    for attr in attributes:
+        if attr not in groups:
+            raise ValueError(
+                f"BadPairMiner.end_epoch: groups lacks scope attribute {attr!r}; got keys "
+                f"{sorted(groups)}"
+            )
+        g = groups[attr]
+        if not isinstance(g, Tensor) or g.shape != (num_pairs,):
+            got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+            raise ValueError(
+                f"BadPairMiner.end_epoch: groups[{attr!r}] must be a tensor of shape "
+                f"({num_pairs},), got {got}"
+            )
+        check_integer_ids(g, f"groups[{attr!r}]", error=ValueError)
+        lo, hi = (int(v) for v in torch.aminmax(g)) if g.numel() else (0, 0)
+        if lo < -1:
+            raise ValueError(f"groups[{attr!r}] values must be >= -1 (-1 = unknown), got {lo}")
+        tensors.append(g.to(device))
+        strides.append(strides[-1] * (max(hi, 0) + 1))
+    if strides[-1] > _MAX_CELLS:
+        raise ValueError(
+            f"scope {attributes} makes {strides[-1]} group cells; at most {_MAX_CELLS}"
+        )
+    return tensors, strides
+
+
+def _check_state(
+    state: Any,
+    required: Sequence[str],
+    per_pair: Mapping[str, torch.dtype],
+    num_pairs: int,
+    statistic: str,
+    rule: str,
+) -> None:
+    """Refuse a :meth:`BadPairMiner.state_dict` this miner cannot take (see its ``Raises``)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f"BadPairMiner state is missing keys {missing}")
+    if int(state["num_pairs"]) != num_pairs:
+        raise ValueError(
+            f"BadPairMiner state has num_pairs={state['num_pairs']} but this miner has "
+            f"num_pairs={num_pairs}; the training set changed size"
+        )
+    for name, dtype in per_pair.items():
+        t = state[name]
+        if not isinstance(t, Tensor) or t.shape != (num_pairs,) or t.dtype != dtype:
+            got = (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(
+                f"BadPairMiner state[{name!r}] must be a {dtype} tensor of shape "
+                f"({num_pairs},), got {got}"
+            )
+    saved_statistic = statistic_name(state.get("statistic", 0))
+    if saved_statistic != statistic:
+        raise ValueError(
+            f"BadPairMiner state was saved with statistic={saved_statistic!r} but this miner "
+            f"has statistic={statistic!r}; the stored history means different things"
+        )
+    saved_rule = rule_name(state.get("rule", ThresholdRule.code))
+    if saved_rule != rule:
+        raise ValueError(
+            f"BadPairMiner state was saved with rule {saved_rule} but this miner has "
+            f"{rule}; its flags and fit mean different things"
+        )
+
+
 class MinerSpec:
     """A configured miner without its size: the statistic, rule, scope and warm-up.
 
     What :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining` takes (the size is the
     training set's, known at fit start) and what a LightningCLI YAML configures with nested
-    ``class_path``/``init_args``. ``None`` means the paper's choice. Today's flat options
+    ``class_path``/``init_args``. ``None`` means the paper's choice. The flat options
     (``beta_faulty=``, ``weighting=``, ``location=``, ``statistic="ema"``, ``scope=("race",)``,
-    ``min_group_size=``, ``ema_decay=``, ``max_weight=``) are accepted and build the same
+    ``min_cell_size=``, ``ema_decay=``, ``max_weight=``) are accepted and build the same
     objects.
 
     Args:
         warmup_epochs: no pair is flagged during the first ``max(warmup_epochs, 1)`` epochs.
         statistic: ``MeanLoss()`` (paper), ``EmaLoss(decay)``, or ``"mean"``/``"ema"``.
         rule: ``ThresholdRule(...)`` (paper with its defaults) or ``GaussianMixtureRule(...)``.
-        scope: ``Scope(attributes, min_group_size)`` or a sequence of attribute names; ``()``
+        scope: ``Scope(attributes, min_cell_size)`` or a sequence of attribute names; ``()``
             (paper) judges all pairs together.
         **options: the flat options above.
 
@@ -236,7 +436,7 @@ class MinerSpec:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> MinerSpec:
-        """A spec from today's flat options as one mapping (``{"beta_faulty": 2.0, ...}``).
+        """A spec from the flat options as one mapping (``{"beta_faulty": 2.0, ...}``).
 
         Example:
             >>> MinerSpec.from_options({"warmup_epochs": 2, "statistic": "ema"}).statistic
@@ -305,8 +505,8 @@ class BadPairMiner:
             ``groups=`` in :meth:`end_epoch`.
         device: where the state lives; keep it on the training device so that ``record`` and
             ``weights`` need no host transfer (:meth:`to` moves it later).
-        **options: today's flat options (``beta_noisy``, ``beta_faulty``, ``weighting``,
-            ``location``, ``max_weight``, ``min_group_size``, ``ema_decay``), which build the
+        **options: the flat options (``beta_noisy``, ``beta_faulty``, ``weighting``,
+            ``location``, ``max_weight``, ``min_cell_size``, ``ema_decay``), which build the
             same objects.
 
     Example:
@@ -516,29 +716,6 @@ class BadPairMiner:
         return self
 
     # ------------------------------------------------------------------ input checks
-    def _check_batch(self, index: Any, losses: Any, where: str) -> tuple[Tensor, Tensor]:
-        if not isinstance(index, Tensor):
-            raise TypeError(f"{where}: index must be a torch.Tensor, got {type(index).__name__}")
-        if not isinstance(losses, Tensor):
-            raise TypeError(f"{where}: losses must be a torch.Tensor, got {type(losses).__name__}")
-        if not is_integer_tensor(index):
-            raise TypeError(f"{where}: index must be an integer tensor, got {index.dtype}")
-        if not losses.is_floating_point():
-            raise TypeError(f"{where}: losses must be a floating-point tensor, got {losses.dtype}")
-        if index.ndim != 1 or losses.ndim != 1 or index.shape[0] != losses.shape[0]:
-            raise ValueError(
-                f"{where}: index and losses must both be 1-D of the same length (B,), got index "
-                f"shape {tuple(index.shape)} and losses shape {tuple(losses.shape)}"
-            )
-        if index.numel():
-            lo, hi = (int(v) for v in torch.aminmax(index))
-            if lo < 0 or hi >= self.num_pairs:
-                raise ValueError(
-                    f"{where}: index out of range [0, {self.num_pairs}): got values in "
-                    f"[{lo}, {hi}] (num_pairs={self.num_pairs})"
-                )
-        return index.to(self.device, torch.long), losses.detach()
-
     # ------------------------------------------------------------------ the loop contract
     def record(self, index: Tensor, losses: Tensor) -> None:
         """Add a batch of raw per-pair losses of the current epoch.
@@ -554,7 +731,7 @@ class BadPairMiner:
             TypeError: if ``index`` is not an integer tensor or ``losses`` not a float tensor.
             ValueError: on a shape mismatch or an index outside ``[0, num_pairs)``.
         """
-        index, losses = self._check_batch(index, losses, "record")
+        index, losses = _check_batch(index, losses, self.num_pairs, self.device, "record")
         self._drop_replica()
         values = losses.to(self.device, torch.float32)
         finite = torch.isfinite(values)
@@ -573,7 +750,7 @@ class BadPairMiner:
         Returns:
             (B,) tensor with ``losses``' dtype and device, without gradient.
         """
-        index, losses = self._check_batch(index, losses, "weights")
+        index, losses = _check_batch(index, losses, self.num_pairs, self.device, "weights")
         if self._keep is None and self.num_noisy + self.num_faulty == 0:
             return torch.ones_like(losses)
         flagged = (self._flags.index_select(0, index) != NOT_FLAGGED).to(losses.device)
@@ -638,23 +815,24 @@ class BadPairMiner:
         """
         if self.epochs_completed >= _MAX_EPOCHS:
             raise RuntimeError(f"BadPairMiner supports at most {_MAX_EPOCHS} epochs")
-        cells = self._check_groups(groups)
+        cells = _check_groups(groups, self.scope.attributes, self.num_pairs, self.device)
         if sync:  # every rank gets the global sums, then folds them and clears them
             self._all_reduce_current(group)
         self._replicated = False
-        n = self.num_pairs
+        stats = self._fold_epoch(cells)
+        count_h = stats.count
+        self.fit = self.rule.fit(stats)
+        del stats
+        self._warn_fit()
+        self._flag(cells, count_h)
+        return self.summary()
+
+    def _fold_epoch(self, cells: tuple[list[Tensor], list[int]] | None) -> CellStatistics:
+        """Pass 1: fold the current epoch into the history; the statistics the rule fits on."""
+        acc = _FoldStatistics(cells, self.rule.needs_values, self.rule.needs_cell_moments)
         num_seen = 0
-        keep_values = self.rule.needs_values
-        kept: list[Tensor] = []  # the statistic of pairs with history (rules that need them)
-        kept_cells: list[Tensor] = []
-        moments = cells is not None and self.rule.needs_cell_moments
-        cell_acc = _CellMoments(cells[1]) if moments and cells is not None else None
-        # pass 1: fold, and mean / M2 of the statistic (chunk-wise two-pass statistics
-        # merged with Chan et al.'s parallel update, in float64)
-        count_h, mean_h, m2_h = 0, 0.0, 0.0
-        low, high = math.inf, -math.inf
-        for s in range(0, n, _CHUNK):
-            e = min(s + _CHUNK, n)
+        for s in range(0, self.num_pairs, _CHUNK):
+            e = min(s + _CHUNK, self.num_pairs)
             count = self._current_count[s:e]
             seen = count > 0
             epoch_mean = torch.where(seen, self._current_sum[s:e] / count, 0.0)
@@ -666,62 +844,23 @@ class BadPairMiner:
             count.zero_()
             num_seen += int(seen.sum())
             has = self._history_count[s:e] > 0
-            values = self._stat(s, e)[has].double()
-            if values.numel():
-                n_c = values.numel()
-                mean_c = float(values.mean())
-                m2_c = float(((values - mean_c) ** 2).sum())
-                total = count_h + n_c
-                delta = mean_c - mean_h
-                mean_h += delta * n_c / total
-                m2_h += m2_c + delta * delta * count_h * n_c / total
-                count_h = total
-                low, high = min(low, float(values.min())), max(high, float(values.max()))
-            if cells is not None and (keep_values or cell_acc is not None):
-                cell = self._cell_chunk(cells, s, e)[has]
-                if keep_values:
-                    kept_cells.append(cell.cpu())
-                if cell_acc is not None:
-                    cell_acc.add(cell, values)
-            if keep_values:
-                kept.append(values.cpu())
+            cell = _cell_chunk(cells, s, e)[has] if acc.needs_cells and cells else None
+            acc.add(self._stat(s, e)[has].double(), cell)
         self._nonfinite_total += int(self._nonfinite_pending)
         self._nonfinite_pending.zero_()
         self.epochs_completed += 1
         self.num_seen_last_epoch = num_seen
-        self.num_with_history = count_h
+        self.num_with_history = acc.count
+        return acc.statistics(self._chunks(cells), self.scope.min_cell_size)
 
-        stats = CellStatistics(
-            count=count_h,
-            mean=mean_h,
-            m2=m2_h,
-            chunks=self._chunks(cells),
-            minimum=low if count_h else math.nan,
-            maximum=high if count_h else math.nan,
-        )
-        if keep_values:
-            stats.values = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.float64)
-        if cells is not None:
-            stats.num_cells = cells[1][-1]
-            stats.cell_names = _cell_names(cells[1])
-            stats.min_group_size = self.scope.min_group_size
-            if keep_values:
-                stats.value_cells = (
-                    torch.cat(kept_cells) if kept_cells else torch.zeros(0, dtype=torch.long)
-                )
-            if cell_acc is not None:
-                stats.cell_moments = cell_acc.result()
-        self.fit = self.rule.fit(stats)
-        del stats, kept, kept_cells
-        self._warn_fit()
-
-        # pass 2: flags (a pair without history is never flagged)
+    def _flag(self, cells: tuple[list[Tensor], list[int]] | None, count_h: int) -> None:
+        """Pass 2: flags from the fitted rule (a pair without history is never flagged)."""
         self.num_noisy = self.num_faulty = 0
         if not (self.flags_active and count_h > 0):
             self._flags.zero_()
             if self._keep is not None:
                 self._keep.fill_(_KEEP_ONE)
-            return self.summary()
+            return
         for s, e, stat, cell_ids in self._iter_chunks(cells):
             has = ~torch.isnan(stat)
             judged = self.rule.judge(self.fit, stat, cell_ids)
@@ -735,7 +874,6 @@ class BadPairMiner:
                 )
             self.num_noisy += int(noisy.sum())
             self.num_faulty += int(faulty.sum())
-        return self.summary()
 
     def _iter_chunks(
         self, cells: tuple[list[Tensor], list[int]] | None
@@ -745,7 +883,7 @@ class BadPairMiner:
             e = min(s + _CHUNK, self.num_pairs)
             has = self._history_count[s:e] > 0
             stat = torch.where(has, self._stat(s, e), math.nan)
-            yield s, e, stat, self._cell_chunk(cells, s, e) if cells is not None else None
+            yield s, e, stat, _cell_chunk(cells, s, e) if cells is not None else None
 
     def _chunks(
         self, cells: tuple[list[Tensor], list[int]] | None
@@ -755,61 +893,6 @@ class BadPairMiner:
                 yield stat, cell
 
         return read
-
-    # ------------------------------------------------------------------ group cells
-    def _check_groups(
-        self, groups: Mapping[str, Tensor] | None
-    ) -> tuple[list[Tensor], list[int]] | None:
-        """Validate ``groups`` for the scope; return the id tensors and the cumulative strides.
-
-        The cell of a pair is ``sum_a g_a * stride_a`` (mixed radix over the scope attributes,
-        radix = 1 + the largest id); the last stride is the number of cells.
-        """
-        attributes = self.scope.attributes
-        if not attributes:
-            return None
-        if groups is None or not isinstance(groups, Mapping):
-            raise ValueError(
-                f"BadPairMiner.end_epoch: scope={attributes} needs groups={{attribute: "
-                f"(num_pairs,) group ids}}, got {type(groups).__name__}"
-            )
-        tensors, strides = [], [1]
-        for attr in attributes:
-            if attr not in groups:
-                raise ValueError(
-                    f"BadPairMiner.end_epoch: groups lacks scope attribute {attr!r}; got keys "
-                    f"{sorted(groups)}"
-                )
-            g = groups[attr]
-            if not isinstance(g, Tensor) or g.shape != (self.num_pairs,):
-                got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
-                raise ValueError(
-                    f"BadPairMiner.end_epoch: groups[{attr!r}] must be a tensor of shape "
-                    f"({self.num_pairs},), got {got}"
-                )
-            check_integer_ids(g, f"groups[{attr!r}]", error=ValueError)
-            lo, hi = (int(v) for v in torch.aminmax(g)) if g.numel() else (0, 0)
-            if lo < -1:
-                raise ValueError(f"groups[{attr!r}] values must be >= -1 (-1 = unknown), got {lo}")
-            tensors.append(g.to(self.device))
-            strides.append(strides[-1] * (max(hi, 0) + 1))
-        if strides[-1] > _MAX_CELLS:
-            raise ValueError(
-                f"scope {attributes} makes {strides[-1]} group cells; at most {_MAX_CELLS}"
-            )
-        return tensors, strides
-
-    def _cell_chunk(self, cells: tuple[list[Tensor], list[int]], s: int, e: int) -> Tensor:
-        tensors, strides = cells
-        if len(tensors) == 1:  # one attribute: the cell is the id (-1 = unknown)
-            return tensors[0][s:e].long()
-        cell = torch.zeros(e - s, dtype=torch.int32, device=self.device)
-        unknown = torch.zeros(e - s, dtype=torch.bool, device=self.device)
-        for g, stride in zip(tensors, strides, strict=False):
-            v = g[s:e]
-            unknown |= v < 0
-            cell.add_(v.clamp_min(0), alpha=stride)
-        return cell.masked_fill_(unknown, -1).long()
 
     def _warn_fit(self) -> None:
         if self._warned or not self.flags_active:
@@ -903,41 +986,17 @@ class BadPairMiner:
             ValueError: on a missing key, a different ``num_pairs``, statistic or rule class,
                 or a tensor of the wrong shape or dtype.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
         per_pair = dict(_PER_PAIR)
         if self._keep is not None:
             per_pair["keep_weight"] = torch.uint8
-        required = ("num_pairs", *self._COUNTERS, *self._FIT_SCALARS, *per_pair)
-        missing = [k for k in required if k not in state]
-        if missing:
-            raise ValueError(f"BadPairMiner state is missing keys {missing}")
-        if int(state["num_pairs"]) != self.num_pairs:
-            raise ValueError(
-                f"BadPairMiner state has num_pairs={state['num_pairs']} but this miner has "
-                f"num_pairs={self.num_pairs}; the training set changed size"
-            )
-        for name, dtype in per_pair.items():
-            t = state[name]
-            if not isinstance(t, Tensor) or t.shape != (self.num_pairs,) or t.dtype != dtype:
-                got = (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t).__name__
-                raise ValueError(
-                    f"BadPairMiner state[{name!r}] must be a {dtype} tensor of shape "
-                    f"({self.num_pairs},), got {got}"
-                )
-        saved_statistic = statistic_name(state.get("statistic", 0))
-        if saved_statistic != self.statistic.name:
-            raise ValueError(
-                f"BadPairMiner state was saved with statistic={saved_statistic!r} but this miner "
-                f"has statistic={self.statistic.name!r}; the stored history means different "
-                "things"
-            )
-        saved_rule = rule_name(state.get("rule", ThresholdRule.code))
-        if saved_rule != type(self.rule).__name__:
-            raise ValueError(
-                f"BadPairMiner state was saved with rule {saved_rule} but this miner has "
-                f"{type(self.rule).__name__}; its flags and fit mean different things"
-            )
+        _check_state(
+            state,
+            ("num_pairs", *self._COUNTERS, *self._FIT_SCALARS, *per_pair),
+            per_pair,
+            self.num_pairs,
+            self.statistic.name,
+            type(self.rule).__name__,
+        )
         for name, target in self._per_pair_tensors().items():
             target.copy_(state[name])
         mu, sigma, lo, hi = (float(state[name]) for name in self._FIT_SCALARS)

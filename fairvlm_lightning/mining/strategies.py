@@ -23,6 +23,7 @@ arguments and raises ``TypeError``/``ValueError`` naming the field.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -294,42 +295,57 @@ class Scope:
 
     With attributes, e.g. ``("race",)``, each pair is judged against the pairs of its own
     group (for several attributes, its intersection cell). A cell with fewer than
-    ``min_group_size`` pairs with history, and a pair with an unknown (-1) value, are judged
+    ``min_cell_size`` pairs with history, and a pair with an unknown (-1) value, are judged
     by the global fit.
 
     Args:
         attributes: the names of the group ids passed to ``BadPairMiner.end_epoch(groups=)``.
-        min_group_size: smallest cell with its own fit, >= 2.
+        min_cell_size: smallest cell with its own fit, >= 2.
+        min_group_size: deprecated name of ``min_cell_size`` (a DeprecationWarning).
 
     Example:
-        >>> Scope(("race",), min_group_size=30).attributes
-        ('race',)
+        >>> Scope(("race",), min_cell_size=30)
+        Scope(attributes=('race',), min_cell_size=30)
     """
 
-    def __init__(self, attributes: Sequence[str] = (), min_group_size: int = 50) -> None:
+    def __init__(
+        self,
+        attributes: Sequence[str] = (),
+        min_cell_size: int = 50,
+        *,
+        min_group_size: int | None = None,
+    ) -> None:
         if isinstance(attributes, str) or not all(isinstance(a, str) for a in attributes):
             raise TypeError(f"scope must be a sequence of attribute names, got {attributes!r}")
         attrs = tuple(attributes)
         if len(set(attrs)) != len(attrs):
             raise ValueError(f"scope has duplicates: {attrs}")
-        size = _check_int("min_group_size", min_group_size)
+        if min_group_size is not None:
+            warnings.warn(
+                "Scope(min_group_size=...) is deprecated: the cell fallback size is called "
+                "min_cell_size (min_group_size is the Sinkhorn term's batch minimum)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            min_cell_size = min_group_size
+        size = _check_int("min_cell_size", min_cell_size)
         if size < 2:
-            raise ValueError(f"min_group_size must be >= 2, got {min_group_size}")
+            raise ValueError(f"min_cell_size must be >= 2, got {min_cell_size}")
         self.attributes: tuple[str, ...] = attrs
-        self.min_group_size = size
+        self.min_cell_size = size
 
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Scope)
             and self.attributes == other.attributes
-            and self.min_group_size == other.min_group_size
+            and self.min_cell_size == other.min_cell_size
         )
 
     def __hash__(self) -> int:
-        return hash((self.attributes, self.min_group_size))
+        return hash((self.attributes, self.min_cell_size))
 
     def __repr__(self) -> str:
-        return f"Scope(attributes={self.attributes!r}, min_group_size={self.min_group_size})"
+        return f"Scope(attributes={self.attributes!r}, min_cell_size={self.min_cell_size})"
 
 
 # ---------------------------------------------------------------------- rules
@@ -348,7 +364,7 @@ class CellStatistics:
             scope.
         num_cells: number of group cells (0 without a scope).
         cell_names: the group ids of each scope attribute, per cell.
-        min_group_size: smallest cell with its own fit.
+        min_cell_size: smallest cell with its own fit.
         chunks: re-readable chunks ``(statistic float32, NaN without history; cell id or
             None)`` of all pairs, for rules that need passes of their own (the mixture).
         minimum: smallest statistic of a pair with history (NaN without any).
@@ -363,7 +379,7 @@ class CellStatistics:
     cell_moments: list[tuple[int, float, float]] | None = None
     num_cells: int = 0
     cell_names: list[tuple[int, ...]] = field(default_factory=list)
-    min_group_size: int = 50
+    min_cell_size: int = 50
     chunks: Chunks | None = None
     minimum: float = math.nan
     maximum: float = math.nan
@@ -572,7 +588,7 @@ class ThresholdRule(MiningRule):
         for c, (cnt, loc, scale) in enumerate(cells):
             if cnt == 0:
                 continue
-            own = cnt >= stats.min_group_size
+            own = cnt >= stats.min_cell_size
             lo = _threshold(loc, scale, -self.beta_noisy) if own else lo_g
             hi = _threshold(loc, scale, self.beta_faulty) if own else hi_g
             cell_lo[c], cell_hi[c], cell_own[c] = lo, hi, own
@@ -642,7 +658,7 @@ class ThresholdRule(MiningRule):
 class GaussianMixtureRule(MiningRule):
     """Two-component 1-D Gaussian mixture per scope cell (NCR/DivideMix style).
 
-    In each cell with at least ``min_group_size`` pairs with history (else globally), a
+    In each cell with at least ``min_cell_size`` pairs with history (else globally), a
     mixture of two Gaussians is fitted to the pairs' statistic by EM (see
     :func:`~fairvlm_lightning.mining.mixture.fit_two_gaussians`: ``iterations`` steps on a
     ``bins``-bin histogram of the cell, initialised at its 25th/75th percentiles, variance
@@ -709,7 +725,7 @@ class GaussianMixtureRule(MiningRule):
             bins=self.bins,
             iterations=self.iterations,
         )
-        own = mix.count[: stats.num_cells] >= stats.min_group_size
+        own = mix.count[: stats.num_cells] >= stats.min_cell_size
         fit.cell_params = {**mix.as_tensors(), "own": own}
         for c in range(stats.num_cells):
             cnt = int(mix.count[c])
@@ -781,10 +797,11 @@ def strategies_from_options(
     scope: Scope | Sequence[str] | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> tuple[LossStatistic, MiningRule, Scope]:
-    """The strategy objects for objects and/or today's flat options (one construction path).
+    """The strategy objects for objects and/or the flat options (one construction path).
 
     ``statistic`` may be ``"mean"``/``"ema"`` (with ``ema_decay`` in ``options``), ``scope`` a
-    sequence of attribute names (with ``min_group_size``), and without ``rule`` the options
+    sequence of attribute names (with ``min_cell_size``; ``min_group_size`` is its deprecated
+    name), and without ``rule`` the options
     ``beta_noisy``, ``beta_faulty``, ``weighting``, ``location`` (``"mean"``/``"median"``) and
     ``max_weight`` build a :class:`ThresholdRule`. An option that would be ignored (given
     together with the object it belongs to) raises.
@@ -796,7 +813,17 @@ def strategies_from_options(
         (EmaLoss(decay=0.3), 1.5, 'zero', ('race',))
     """
     opts = dict(options or {})
-    unknown = sorted(set(opts) - {*_RULE_OPTIONS, "ema_decay", "min_group_size"})
+    if "min_group_size" in opts:
+        warnings.warn(
+            "the DBPM option min_group_size is deprecated: it is called min_cell_size (the "
+            "Sinkhorn term's min_group_size is its batch minimum)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if "min_cell_size" in opts:
+            raise ValueError("min_cell_size is given twice (also as min_group_size)")
+        opts["min_cell_size"] = opts.pop("min_group_size")
+    unknown = sorted(set(opts) - {*_RULE_OPTIONS, "ema_decay", "min_cell_size"})
     if unknown:
         raise TypeError(f"unexpected DBPM options {unknown}")
     decay = opts.pop("ema_decay", None)
@@ -815,12 +842,12 @@ def strategies_from_options(
         raise TypeError(f"statistic must be MeanLoss(), EmaLoss(...) or a name, got {statistic!r}")
     elif decay is not None:
         raise ValueError("ema_decay is given twice: pass EmaLoss(decay=...) only")
-    size = opts.pop("min_group_size", None)
+    size = opts.pop("min_cell_size", None)
     if scope is None:
         scope = ()
     if isinstance(scope, Scope):
         if size is not None:
-            raise ValueError("min_group_size is given twice: pass Scope(min_group_size=...)")
+            raise ValueError("min_cell_size is given twice: pass Scope(min_cell_size=...)")
     else:
         scope = Scope(scope, 50 if size is None else size)
     if rule is None:

@@ -356,7 +356,7 @@ def run_benchmark(
     if max_epochs is not None:
         extra += ["--trainer.max_epochs", str(int(max_epochs))]
     if bootstrap:
-        extra += ["--model.metric_kwargs", json.dumps({"bootstrap": int(bootstrap), "ci": ci})]
+        extra += ["--model.metrics", json.dumps({"bootstrap": int(bootstrap), "ci": ci})]
     materialised = {v.name: materialise_config(v, out / "configs") for v in variants}
     jobs = []
     for s in seeds:  # seed by seed: a partial benchmark still compares every method
