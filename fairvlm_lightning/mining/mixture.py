@@ -31,6 +31,7 @@ from torch import Tensor
 
 __all__ = [
     "MIXTURE_COLUMNS",
+    "Chunks",
     "MixtureFit",
     "fit_two_gaussians",
     "fit_two_gaussians_chunks",

@@ -65,6 +65,8 @@ __all__ = [
     "ThresholdRule",
     "median_mad",
     "strategies_from_options",
+    "rule_name",
+    "statistic_name",
 ]
 
 Weighting = Literal["gaussian_pdf", "gaussian", "zero"]
