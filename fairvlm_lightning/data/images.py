@@ -94,13 +94,13 @@ def to_grey_uint8(image: Any, where: str = "image") -> np.ndarray:
     else:
         if not np.isfinite(arr).all():
             raise ValueError(f"{where}: float image holds NaN or infinite values")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0 or hi > 255:
+        flo, fhi = float(arr.min()), float(arr.max())
+        if flo < 0 or fhi > 255:
             raise ValueError(
                 f"{where}: float image values must be within 0-1 or 0-255, found range "
-                f"[{lo:g}, {hi:g}] (dtype {arr.dtype})"
+                f"[{flo:g}, {fhi:g}] (dtype {arr.dtype})"
             )
-        scaled = arr * 255.0 if hi <= 1.0 else arr
+        scaled = arr * 255.0 if fhi <= 1.0 else arr
         out = np.rint(scaled).astype(np.uint8)
     if out.ndim == 3:
         if out.shape[2] == 1:
