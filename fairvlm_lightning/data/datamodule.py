@@ -333,7 +333,8 @@ class ImageTextDataModule(LightningDataModule):
 
     Args:
         dataset: the source (see above).
-        model: folder or Hub name whose tokenizer and image processor are used.
+        model: folder or Hub name whose tokenizer and image processor are used (required; the
+            ``fairvlm`` command fills it from ``model.model``).
         image_column: column of the images (``datasets.Image``, arrays or nested lists).
         text_column: column of the texts paired with the images.
         label_column: the class column (integers ``0..C-1``; binary by default), or a list of
@@ -383,7 +384,7 @@ class ImageTextDataModule(LightningDataModule):
         self,
         dataset: Any,
         *,
-        model: str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
         image_column: str = "image",
         text_column: str = "text",
         label_column: str | Sequence[str] = "label",
@@ -636,6 +637,7 @@ class ImageTextDataModule(LightningDataModule):
         if self.truth_column is not None:
             cols[BAD_PAIR_FIELD] = Value("bool")
         name = self._source_name()
+        src = next(n for n in SOURCE_SPLITS[split] if n in self._load_source())
         maps, groups = self.attribute_maps, self._attribute_groups
         image_col, text_col, id_col = self.image_column, self.text_column, self.id_column
         label_cols, truth, num_classes = self.label_columns, self.truth_column, self.num_classes
@@ -644,7 +646,7 @@ class ImageTextDataModule(LightningDataModule):
             images: list[np.ndarray] = []
             keys: list[str] = []
             for value, i in zip(batch[image_col], indices, strict=True):
-                where = f"{name}, split {split!r}, row {i}, column {image_col!r}"
+                where = f"{name}, split {src!r}, row {i}, column {image_col!r}"
                 image, key = _image_key(value, i)
                 images.append(
                     to_grey_uint8(np.asarray(image) if isinstance(image, list) else image, where)
@@ -654,7 +656,7 @@ class ImageTextDataModule(LightningDataModule):
             for t, i in zip(batch[text_col], indices, strict=True):
                 if not isinstance(t, str) or not t.strip():
                     raise ValueError(
-                        f"{name}, split {split!r}, row {i}, column {text_col!r}: empty or "
+                        f"{name}, split {src!r}, row {i}, column {text_col!r}: empty or "
                         f"non-text value {t!r}"
                     )
                 texts.append(t)
@@ -671,7 +673,7 @@ class ImageTextDataModule(LightningDataModule):
                 "label": [
                     _label(
                         [batch[c][j] for c in label_cols],
-                        f"{name}, split {split!r}, row {i}, column(s) {list(label_cols)}",
+                        f"{name}, split {src!r}, row {i}, column(s) {list(label_cols)}",
                         num_classes,
                     )
                     for j, i in enumerate(indices)
@@ -682,7 +684,7 @@ class ImageTextDataModule(LightningDataModule):
             }
             for a in groups:
                 out[a] = [
-                    _code(v, groups[a], maps[a], f"{name}, split {split!r}, row {i}, column {a!r}")
+                    _code(v, groups[a], maps[a], f"{name}, split {src!r}, row {i}, column {a!r}")
                     for v, i in zip(batch[a], indices, strict=True)
                 ]
             if truth is not None:
