@@ -92,16 +92,17 @@ def to_grey_uint8(image: Any, where: str = "image") -> np.ndarray:
             )
         out = arr.astype(np.uint8)
     else:
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{where}: float image holds NaN or infinite values")
+        # min/max are NaN when any value is (one pass each; no separate isfinite pass)
         flo, fhi = float(arr.min()), float(arr.max())
+        if np.isnan(flo) or np.isnan(fhi):
+            raise ValueError(f"{where}: float image holds NaN values")
         if flo < 0 or fhi > 255:
             raise ValueError(
                 f"{where}: float image values must be within 0-1 or 0-255, found range "
                 f"[{flo:g}, {fhi:g}] (dtype {arr.dtype})"
             )
-        scaled = arr * 255.0 if fhi <= 1.0 else arr
-        out = np.rint(scaled).astype(np.uint8)
+        scaled = arr * np.asarray(255.0, arr.dtype) if fhi <= 1.0 else arr.copy()
+        out = np.rint(scaled, out=scaled).astype(np.uint8)
     if out.ndim == 3:
         if out.shape[2] == 1:
             out = out[:, :, 0]
