@@ -113,17 +113,42 @@ def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _rss_parts() -> tuple[float, float]:
+    """``(RssAnon, RssFile)`` of this process now, in GiB (Linux ``/proc/self/status``)."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                key, kib, _ = line.split()
+                values[key] = int(kib) / 2**20
+    return values.get("RssAnon:", 0.0), values.get("RssFile:", 0.0)
+
+
 def preprocess(root: Path, model: Path, cache: Path) -> dict[str, float]:
-    """Run in the child: prepare_data on the fixture; return wall time and peak RSS."""
+    """Run in the child: prepare_data on the fixture; return wall time and peak memory."""
+    import threading
+
     import torch
 
     from fairvlm_lightning.data import FairVLMedDataModule
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    peaks = {"anon": 0.0, "file": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:  # the peak of each part of the resident set, every 50 ms
+        while not done.wait(0.05):
+            anon, file = _rss_parts()
+            peaks["anon"], peaks["file"] = max(peaks["anon"], anon), max(peaks["file"], file)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     start = time.perf_counter()
     dm = FairVLMedDataModule(root, model=model, cache_dir=cache, max_length=32)
     dm.prepare_data()
     wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     return {
@@ -131,6 +156,8 @@ def preprocess(root: Path, model: Path, cache: Path) -> dict[str, float]:
         "peak_rss_gib": max(own, children),
         "rss_self_gib": own,
         "rss_children_gib": children,
+        "peak_rss_anon_gib": peaks["anon"],
+        "peak_rss_file_gib": peaks["file"],
     }
 
 
@@ -183,6 +210,11 @@ def main() -> None:
             f"peak RSS:           {result['peak_rss_gib']:.2f} GiB (self "
             f"{result['rss_self_gib']:.2f}, children {result['rss_children_gib']:.2f}; "
             "target <= 3 GB)"
+        )
+        print(
+            f"  of which:         anonymous (the process's own memory) peak "
+            f"{result['peak_rss_anon_gib']:.2f} GiB; file-backed (libraries and memory-mapped Arrow "
+            f"cache pages, shared and reclaimable) peak {result['peak_rss_file_gib']:.2f} GiB"
         )
         print(
             f"cache:              {result['cache_gb']:.3f} GB = "

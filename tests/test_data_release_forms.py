@@ -53,7 +53,7 @@ def canonical(twin: Path) -> dict[str, Any]:
 
 
 def _summary(root: Path) -> dict[str, dict[str, str]]:
-    path = next(p for p in (root / "ReadMe" / "data_summary.csv", root / "data_summary.csv"))
+    path = root / "ReadMe" / "data_summary.csv"
     path = path if path.is_file() else root / "data_summary.csv"
     with open(path, encoding="utf-8", newline="") as f:
         return {row["filename"]: row for row in csv.DictReader(f)}
@@ -94,7 +94,7 @@ def test_forms_differ_where_they_should(forms: dict[str, Path]) -> None:
     def first(form: str, sub: str) -> np.ndarray:
         path = sorted((forms[form] / sub).glob("*.npz"))[0]
         with np.load(path) as npz:
-            return npz["slo_fundus"] if "note" in npz.files or form == "no_npz_note" else None
+            return npz["slo_fundus"]
 
     assert (forms["readme"] / "ReadMe" / "gpt-4_summarized_notes.csv").is_file()
     assert (forms["root"] / "Testing").is_dir() and not (forms["root"] / "ReadMe").exists()
