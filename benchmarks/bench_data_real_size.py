@@ -213,7 +213,7 @@ def main() -> None:
         )
         print(
             f"  of which:         anonymous (the process's own memory) peak "
-            f"{result['peak_rss_anon_gib']:.2f} GiB; file-backed (libraries and memory-mapped Arrow "
+            f"{result['peak_rss_anon_gib']:.2f} GiB; file-backed (libraries, memory-mapped Arrow "
             f"cache pages, shared and reclaimable) peak {result['peak_rss_file_gib']:.2f} GiB"
         )
         print(
