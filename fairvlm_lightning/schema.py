@@ -32,9 +32,14 @@ __all__ = [
     "GROUP_NAMES",
     "IMAGE_FIELD",
     "LABEL_FIELD",
+    "META_FOLDER",
     "NOTES_FILENAMES",
     "NOTE_FIELD",
+    "OPTIONAL_ATTRIBUTE_GROUPS",
+    "SPLIT_FILES_FILENAME",
     "SPLIT_FOLDERS",
+    "SPLIT_VALUES",
+    "SUMMARY_FILENAME",
 ]
 
 #: Number of groups of each protected attribute (FairVLMed coding; ``-1`` = unknown):
@@ -49,7 +54,17 @@ GROUP_NAMES: dict[str, tuple[str, ...]] = {
     "gender": ("Female", "Male"),
     "ethnicity": ("Non-Hispanic", "Hispanic"),
     "language": ("English", "Spanish", "Other"),
+    "age_60": ("Under 60", "60 and over"),
+    "age_decade": ("Under 40", "40-49", "50-59", "60-69", "70-79", "80 and over"),
+    "maritalstatus": ("Married or partnered", "Single", "Divorced", "Widowed", "Separated"),
 }
+#: Attributes FairVLMed data modules can add on request (``attributes=(..., "age_60")``), with
+#: their number of groups: ``age_60`` is FairMedFM's binning of the ``age`` field (0 = under 60,
+#: 1 = 60 and over); ``age_decade`` a finer one (0 = under 40, 1 = 40-49, ..., 4 = 70-79,
+#: 5 = 80 and over); ``maritalstatus`` the release's coding (0 married or partnered, 1 single,
+#: 2 divorced, 3 widowed, 4 legally separated). An age that is missing, NaN or negative, and a
+#: marital status of -1, are unknown (``-1``).
+OPTIONAL_ATTRIBUTE_GROUPS: dict[str, int] = {"age_60": 2, "age_decade": 6, "maritalstatus": 5}
 #: Zero-shot class prompts of the paper's code, indexed by label (0 = no glaucoma, 1 = glaucoma).
 CLASS_PROMPTS: tuple[str, ...] = ("A photo of non-glaucoma", "A photo of glaucoma")
 
@@ -70,3 +85,16 @@ SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
 #: Accepted spellings of the summarised-notes CSV (the dataset and the reference scripts differ);
 #: the first is the default.
 NOTES_FILENAMES: tuple[str, ...] = ("gpt-4_summarized_notes.csv", "gpt4_summarized_notes.csv")
+#: Sub-folder of the release that holds its CSVs (they may also sit in the root).
+META_FOLDER = "ReadMe"
+#: The release's per-file table (``filename, age, gender, race, ethnicity, language,
+#: maritalstatus, note, gpt4_summary, glaucoma, use``).
+SUMMARY_FILENAME = "data_summary.csv"
+#: The release's split listing (a file-name column and a ``split`` or ``use`` column).
+SPLIT_FILES_FILENAME = "split_files.csv"
+#: Values of a ``use`` / ``split`` column accepted for each split (compared in lower case).
+SPLIT_VALUES: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}

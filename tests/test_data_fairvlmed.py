@@ -124,17 +124,20 @@ def test_test_split_accepts_testing_folder_and_real_image_size(tmp_path: Path) -
     assert ds[0]["note"] == str(ref["note"])
 
 
-def test_notes_csv_spellings_and_fallback(root: Path) -> None:
+def test_notes_csv_spellings_and_no_silent_fallback(root: Path) -> None:
     os.rename(root / "gpt-4_summarized_notes.csv", root / "gpt4_summarized_notes.csv")
     ds = load_fairvlmed(root, "train", keep_in_memory=True)
     assert ds[0]["note"] == "summary number 1"
     os.remove(root / "gpt4_summarized_notes.csv")
-    with pytest.warns(UserWarning, match="using the 'note' field"):
-        ds = load_fairvlmed(root, "train", keep_in_memory=True)
-    assert ds[0]["note"] == str(np.load(root / "Training" / "data_00001.npz")["note"])
+    # issue 20: no summaries anywhere is an error naming what was looked for, not a warning
+    # that falls back to the long npz note
+    with pytest.raises(FileNotFoundError, match=r"no summarised notes.*note_source='note'"):
+        load_fairvlmed(root, "train", keep_in_memory=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        ds = load_fairvlmed(root, "train", note_source="note", keep_in_memory=True)
         load_fairvlmed(root, "train", notes=None, keep_in_memory=True)
+    assert ds[0]["note"] == str(np.load(root / "Training" / "data_00001.npz")["note"])
     other = _csv(root, [(f"data_{i:05d}.npz", f"other {i}") for i in range(1, 6)], "mine.csv")
     ds = load_fairvlmed(root, "train", notes=other, keep_in_memory=True)
     assert np.asarray(ds["note"]).tolist() == [f"other {i}" for i in range(1, 6)]
@@ -202,8 +205,27 @@ def test_truncated_member_is_caught(root: Path) -> None:
         ({"glaucoma": np.array(2)}, (), ValueError, r"'glaucoma' must be 0 or 1, got 2"),
         ({"race": np.array(3)}, (), ValueError, r"'race' must be in \[-1, 2\]"),
         ({"gender": np.array([0, 1])}, (), ValueError, r"'gender' must be a scalar.*\(2,\)"),
-        ({"slo_fundus": np.zeros((8, 8), np.float32)}, (), TypeError, r"uint8, got dtype float32"),
-        ({"slo_fundus": np.zeros((8, 8, 3), np.uint8)}, (), ValueError, r"2-D.*\(8, 8, 3\)"),
+        # issue 20: float and (H, W, 3) images are read; out-of-range values and other shapes
+        # or dtypes are errors naming the file, the field and the range found
+        (
+            {"slo_fundus": np.full((20, 16), 300.0, np.float32)},
+            (),
+            ValueError,
+            r"data_00004\.npz: field 'slo_fundus'.*0-1 or 0-255, found range \[300, 300\]",
+        ),
+        (
+            {"slo_fundus": np.full((20, 16), 1000, np.uint16)},
+            (),
+            ValueError,
+            r"data_00004\.npz: field 'slo_fundus'.*within 0-255, found range \[1000, 1000\]",
+        ),
+        (
+            {"slo_fundus": np.zeros((20, 16, 4), np.uint8)},
+            (),
+            ValueError,
+            r"\(H, W, 1\) or \(H, W, 3\).*\(20, 16, 4\)",
+        ),
+        ({"slo_fundus": np.zeros((20, 16), bool)}, (), TypeError, r"integer or float.*bool"),
         ({"note": np.array(5)}, (), TypeError, r"'note' must be a string array"),
         ({"note": np.array(["a", "b"])}, (), ValueError, r"'note' must be a scalar"),
         ({"note": np.array("   ")}, (), ValueError, r"missing note for data_00004\.npz"),

@@ -68,7 +68,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from fairvlm_lightning.atomic import atomic_write_text, file_identity
 from fairvlm_lightning.checkpoints import CheckpointError, check_checkpoint, load_checkpoint
 from fairvlm_lightning.configs import configs_dir, resolve_config, shipped_configs
-from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
+from fairvlm_lightning.data import (
+    FairVLMedDataModule,
+    ImageTextDataModule,
+    ensure_synthetic_assets,
+)
 from fairvlm_lightning.data.synthetic import expand_cache_path
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import GROUP_NAMES
@@ -377,6 +381,14 @@ def _export_command(args: list[str]) -> Path:
     return out
 
 
+_DEFAULT_DATA = f"{FairVLMedDataModule.__module__}.{FairVLMedDataModule.__qualname__}"
+
+
+def _data_init_args(data: Any) -> Any:
+    """The data module's arguments of a ``data:`` node (``init_args`` in subclass mode)."""
+    return data.get("init_args") if data is not None and "class_path" in data else data
+
+
 def _resolve_seeds(cfg: Any) -> dict[str, Any]:
     """Make ``data.seed`` follow ``seed_everything`` unless it was given; return the seeds used.
 
@@ -386,7 +398,7 @@ def _resolve_seeds(cfg: Any) -> dict[str, Any]:
     """
     seed = cfg.get("seed_everything")
     seed = None if isinstance(seed, bool) else seed
-    data = cfg.get("data")
+    data = _data_init_args(cfg.get("data"))
     out: dict[str, Any] = {"seed_everything": seed}
     if data is None or "seed" not in data:
         return out
@@ -444,7 +456,9 @@ class FairVLMCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("model_class", FairVLMModule)
-        kwargs.setdefault("datamodule_class", FairVLMedDataModule)
+        # `data:` is any ImageTextDataModule (a `class_path:`), FairVLMedDataModule by default
+        kwargs.setdefault("datamodule_class", ImageTextDataModule)
+        kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         trainer_defaults = dict(kwargs.get("trainer_defaults") or {})
@@ -474,7 +488,8 @@ class FairVLMCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link prompt padding to the data and add the reporting switches."""
-        parser.link_arguments("data.max_length", "model.zero_shot.max_length")
+        parser.set_defaults({"data": {"class_path": _DEFAULT_DATA}})
+        parser.link_arguments("data.init_args.max_length", "model.zero_shot.max_length")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -669,7 +684,7 @@ class FairVLMCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Create the synthetic data and tiny model when configured and missing."""
         cfg = self._cfg()
-        data, model = cfg.get("data"), cfg.get("model")
+        data, model = _data_init_args(cfg.get("data")), cfg.get("model")
         _expand_cache_paths(data, ("root", "model"))
         _expand_cache_paths(model, ("model",))
         encoder = model.get("encoder") if model is not None else None

@@ -1,12 +1,20 @@
-"""Data: Harvard-FairVLMed loader, its synthetic twin, a tiny local model, samplers, data module."""
+"""Data: any image-text dataset, Harvard-FairVLMed in its published forms, its twin, samplers."""
 
-from fairvlm_lightning.data.datamodule import FairVLMedDataModule
+from fairvlm_lightning.data.datamodule import (
+    SOURCE_SPLITS,
+    FairVLMedDataModule,
+    ImageTextDataModule,
+)
 from fairvlm_lightning.data.fairvlmed import (
     ATTRIBUTE_GROUPS,
     ATTRIBUTES,
     SPLIT_FOLDERS,
+    SPLIT_SOURCES,
     load_fairvlmed,
+    split_files,
 )
+from fairvlm_lightning.data.images import to_grey_uint8
+from fairvlm_lightning.data.release_forms import RELEASE_FORMS, write_release_form
 from fairvlm_lightning.data.sampling import (
     EpochShuffleSampler,
     GroupBalancedSampler,
@@ -31,17 +39,24 @@ __all__ = [
     "ATTRIBUTE_GROUPS",
     "DEFAULT_PROMPTS",
     "DEFAULT_SIZES",
+    "RELEASE_FORMS",
+    "SOURCE_SPLITS",
     "SPLIT_FOLDERS",
+    "SPLIT_SOURCES",
     "EpochShuffleSampler",
     "FairVLMedDataModule",
     "GroupBalancedSampler",
+    "ImageTextDataModule",
     "ImageTransform",
     "ResumableDataLoader",
     "UnpaddedDistributedSampler",
     "build_tiny_dual_encoder",
     "ensure_synthetic_assets",
     "load_fairvlmed",
+    "split_files",
+    "to_grey_uint8",
     "train_note_tokenizer",
     "warm_start_dual_encoder",
+    "write_release_form",
     "write_synthetic_fairvlmed",
 ]

@@ -1,31 +1,50 @@
-"""Reader for the Harvard-FairVLMed layout (the real dataset and its synthetic twin).
+"""Reader for Harvard-FairVLMed in every published form (the real dataset and its synthetic twin).
 
-On disk::
+The forms read (:func:`load_fairvlmed`; see ``docs/howto/fairvlmed.md``)::
 
     root/
-      gpt-4_summarized_notes.csv   # or gpt4_...; column 0 file name, column 2 note
+      gpt-4_summarized_notes.csv   # or gpt4_...; column 0 file name, 1 note, 2 summary
+      data_summary.csv             # optional: filename, age, ..., note, gpt4_summary, glaucoma, use
+      split_files.csv              # optional: filename + split (or use) columns
+      ReadMe/                      # the release puts the three CSVs here instead of the root
       Training/    data_00001.npz ...
       Validation/  data_07001.npz ...
-      Test/        data_08001.npz ...  (the released dataset names this folder ``Testing``)
+      Test/        data_08001.npz ...  (or ``Testing/``)
 
-Every ``.npz`` holds ``slo_fundus`` (uint8, H x W), ``glaucoma``, ``race``, ``gender``,
-``ethnicity``, ``language`` (0-d integer arrays, ``-1`` = unknown) and ``note`` (a 0-d string
-array); the synthetic twin adds ``is_bad_pair`` (0-d bool) and ``cdr`` (0-d float).
+* **Splits** come from the folders ``Training/``, ``Validation/``, ``Test/`` or ``Testing/``;
+  without them from ``split_files.csv`` (root or ``ReadMe/``), else from the ``use`` column of
+  ``data_summary.csv`` (values ``training``/``train``, ``validation``/``val``/``valid``,
+  ``test``/``testing``, any case), the npz files then lying in ``root`` or any folder directly
+  under it. ``split_source`` forces one of the three.
+* **Notes** (``note_source="summary"``, the default, as the paper trains): the summarised-notes CSV
+  (either spelling, root or ``ReadMe/``), else ``data_summary.csv``'s ``gpt4_summary`` column;
+  ``note_source="note"``: the full clinical note, from ``data_summary.csv``'s ``note`` column,
+  the notes CSV's column 1 or each npz's ``note`` field. Sources are tried in that order for
+  every sample, so a note missing from one is taken from the next; a sample no source gives a
+  note is an error naming the file and the sources.
+* **Images** (``slo_fundus``): any integer or float dtype, ``(H, W)``, ``(H, W, 1)`` or
+  ``(H, W, 3)``, made uint8 grey by the rule of :func:`~fairvlm_lightning.data.to_grey_uint8`
+  (integers within 0-255 kept, floats with maximum <= 1 scaled by 255 and rounded, floats within
+  0-255 rounded, RGB by PIL's luma; anything else an error naming the file and the range).
+* **Fields**: ``glaucoma``, ``race``, ``gender``, ``ethnicity``, ``language`` (0-d integer
+  arrays, ``-1`` = unknown); on request (``extra_attributes``) ``age`` binned as ``age_60`` /
+  ``age_decade`` and ``maritalstatus``, from the npz or else from ``data_summary.csv``. The
+  synthetic twin adds ``is_bad_pair`` (0-d bool).
 
 :func:`load_fairvlmed` validates every file and writes one split into an Arrow file under a cache
 folder (memory-mapped, so 10,000 full-size fundus images cost disk, not RAM, and all DDP ranks
-share the page cache).
+share the page cache); images are stored as uint8, whatever their dtype on disk.
 
 The cache file is ``<cache_dir>/fairvlmed-<split>-<key>.arrow``. Its key hashes the cache format
-version, the absolute split folder, the attributes whose unknowns are dropped, whether notes come
-from a CSV or from the npz files, and, for every npz file and the notes CSV, its name, size and
-modification time in nanoseconds (``cache_check="stat"``, the default) or additionally a SHA-256
-of its bytes (``cache_check="content"``). So an edited, added or removed file is read again; only
-a rewrite that keeps a file's size and modification time (``cp -p``, ``rsync -t``, some
-archive tools) is missed by the default, and the content check catches it at the cost of reading
-every file once per load. A sidecar ``<name>.arrow.json`` records the row count; a cache file
-that cannot be read or holds fewer rows (a crash or a full disk while copying it, a truncation)
-is rebuilt with a warning.
+version, the absolute split folder (or root and split listing), the attributes whose unknowns are
+dropped, the extra attributes, the note source, and, for every npz file and every CSV read, its
+name, size and modification time in nanoseconds (``cache_check="stat"``, the default) or
+additionally a SHA-256 of its bytes (``cache_check="content"``). So an edited, added or removed
+file is read again; only a rewrite that keeps a file's size and modification time (``cp -p``,
+``rsync -t``, some archive tools) is missed by the default, and the content check catches it at
+the cost of reading every file once per load. A sidecar ``<name>.arrow.json`` records the row
+count; a cache file that cannot be read or holds fewer rows (a crash or a full disk while copying
+it, a truncation) is rebuilt with a warning.
 """
 
 from __future__ import annotations
@@ -44,15 +63,21 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fairvlm_lightning.data.images import to_grey_uint8
 from fairvlm_lightning.schema import (
     ATTRIBUTE_GROUPS,
     ATTRIBUTES,
     BAD_PAIR_FIELD,
     IMAGE_FIELD,
     LABEL_FIELD,
+    META_FOLDER,
     NOTE_FIELD,
     NOTES_FILENAMES,
+    OPTIONAL_ATTRIBUTE_GROUPS,
+    SPLIT_FILES_FILENAME,
     SPLIT_FOLDERS,
+    SPLIT_VALUES,
+    SUMMARY_FILENAME,
 )
 
 __all__ = [
@@ -60,11 +85,17 @@ __all__ = [
     "ATTRIBUTE_GROUPS",
     "NOTES_FILENAMES",
     "SPLIT_FOLDERS",
+    "SPLIT_SOURCES",
     "load_fairvlmed",
+    "split_files",
     "split_folder",
 ]
 
-_CACHE_VERSION = "fairvlmed-arrow-v1"
+_CACHE_VERSION = "fairvlmed-arrow-v2"
+#: Accepted ``split_source`` values of :func:`load_fairvlmed`.
+SPLIT_SOURCES: tuple[str, ...] = ("auto", "folders", "split_files", "use")
+_FILENAME_COLUMNS = ("filename", "file", "file_name", "name")
+_SPLIT_COLUMNS = ("split", "use", "set")
 _WRITE_BATCH = 64
 
 
@@ -103,27 +134,13 @@ def split_folder(root: str | os.PathLike[str], split: str) -> Path:
     return found[0]
 
 
-def _resolve_notes(root: Path, notes: str | os.PathLike[str] | None) -> Path | None:
-    """Path of the notes CSV, or ``None`` to use the npz ``note`` field."""
-    if notes is None:
-        return None
-    path = Path(notes)
-    if not path.is_absolute():
-        path = root / path
-    if path.is_file():
-        return path
-    if path.name in NOTES_FILENAMES and path.parent == root:
-        for name in NOTES_FILENAMES:
-            if (root / name).is_file():
-                return root / name
-        warnings.warn(
-            f"no summarised-notes CSV ({' or '.join(NOTES_FILENAMES)}) in {root}; using the "
-            "'note' field of each .npz instead (pass notes=None to silence this)",
-            UserWarning,
-            stacklevel=3,
-        )
-        return None
-    raise FileNotFoundError(f"notes CSV not found: {path}")
+def _find_meta(root: Path, names: Sequence[str]) -> Path | None:
+    """The first of ``names`` that exists in ``root`` or ``root/ReadMe``."""
+    for folder in (root, root / META_FOLDER):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    return None
 
 
 def _decode_error(e: UnicodeDecodeError, data: bytes) -> str:
@@ -132,52 +149,300 @@ def _decode_error(e: UnicodeDecodeError, data: bytes) -> str:
     return f"byte 0x{data[e.start]:02x} at position {e.start} (line {line})"
 
 
-def _read_notes_csv(path: Path) -> dict[str, str]:
-    """Map npz file name (column 0) to note (column 2); the first row is a header."""
-    out: dict[str, str] = {}
+def _read_csv_rows(path: Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and ``(line, row)`` pairs of a UTF-8 CSV; blank rows skipped."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"notes CSV {path} is not UTF-8 text: {_decode_error(e, raw)}; a latin-1 or "
+            f"{what} {path} is not UTF-8 text: {_decode_error(e, raw)}; a latin-1 or "
             "binary file? Convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from None
     if "\0" in text:
         at = text.index("\0")
         raise ValueError(
-            f"notes CSV {path}, line {text.count(chr(10), 0, at) + 1}: NUL byte at position "
+            f"{what} {path}, line {text.count(chr(10), 0, at) + 1}: NUL byte at position "
             f"{at}; a binary file, not a text CSV?"
         )
+    rows: list[tuple[int, list[str]]] = []
     with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
-            next(reader)
+            header = [c.strip() for c in next(reader)]
         except StopIteration:
-            raise ValueError(f"notes CSV {path} is empty") from None
+            raise ValueError(f"{what} {path} is empty") from None
         for row in reader:
             if not row or all(not c.strip() for c in row):
                 continue
-            if len(row) < 3:
-                raise ValueError(
-                    f"notes CSV {path}, line {reader.line_num}: expected >= 3 columns "
-                    f"(file name, original note, summary), got {len(row)}"
-                )
-            name = os.path.basename(row[0].strip())
-            note = row[2].strip()
-            if name in out and out[name] != note:
-                raise ValueError(
-                    f"notes CSV {path}: file {name!r} listed twice with different notes"
-                )
-            out[name] = note
+            rows.append((reader.line_num, row))
+    return header, rows
+
+
+def _read_notes_csv(path: Path, column: int = 2) -> dict[str, str]:
+    """Map npz file name (column 0) to note (``column``: 1 the note, 2 the summary)."""
+    out: dict[str, str] = {}
+    _, rows = _read_csv_rows(path, "notes CSV")
+    for line, row in rows:
+        if len(row) < 3:
+            raise ValueError(
+                f"notes CSV {path}, line {line}: expected >= 3 columns "
+                f"(file name, original note, summary), got {len(row)}"
+            )
+        name = os.path.basename(row[0].strip())
+        note = row[column].strip()
+        if name in out and out[name] != note:
+            raise ValueError(f"notes CSV {path}: file {name!r} listed twice with different notes")
+        out[name] = note
     return out
+
+
+def _read_table(path: Path) -> dict[str, dict[str, str]]:
+    """``data_summary.csv`` (or a split listing) as ``{npz file name: {column: value}}``."""
+    header, rows = _read_csv_rows(path, "CSV")
+    lower = [h.lower() for h in header]
+    key = next((lower.index(c) for c in _FILENAME_COLUMNS if c in lower), None)
+    if key is None:
+        raise ValueError(
+            f"CSV {path}: no file-name column (one of {list(_FILENAME_COLUMNS)}); "
+            f"columns found: {header}"
+        )
+    out: dict[str, dict[str, str]] = {}
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(
+                f"CSV {path}, line {line}: {len(row)} columns, the header has {len(header)}"
+            )
+        name = os.path.basename(row[key].strip())
+        if not name.endswith(".npz"):
+            name += ".npz"
+        if name in out:
+            raise ValueError(f"CSV {path}, line {line}: file {name!r} listed twice")
+        out[name] = {h: v.strip() for h, v in zip(lower, row, strict=True)}
+    return out
+
+
+class _Meta:
+    """The CSVs of one dataset root, each read at most once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.summary_path = _find_meta(root, (SUMMARY_FILENAME,))
+        self._summary: dict[str, dict[str, str]] | None = None
+
+    def summary(self) -> dict[str, dict[str, str]]:
+        if self._summary is None:
+            self._summary = _read_table(self.summary_path) if self.summary_path is not None else {}
+        return self._summary
+
+    def summary_columns(self) -> list[str]:
+        table = self.summary()
+        return list(next(iter(table.values()))) if table else []
+
+    def summary_has(self, column: str) -> bool:
+        return column in self.summary_columns()
+
+
+class _NoteSources:
+    """Where each sample's note comes from: CSV columns in order, then maybe the npz field."""
+
+    def __init__(self, csvs: list[tuple[str, Mapping[str, str]]], npz: bool, files: list[Path]):
+        self.csvs, self.npz, self.files = csvs, npz, files
+
+    def describe(self) -> str:
+        names = [what for what, _ in self.csvs] + (["its 'note' field"] if self.npz else [])
+        return ", ".join(names)
+
+    def key(self) -> str:
+        return json.dumps([[what for what, _ in self.csvs], self.npz])
+
+
+def _note_sources(
+    root: Path,
+    notes: str | os.PathLike[str] | None,
+    note_source: str,
+    meta: _Meta,
+) -> _NoteSources:
+    """Resolve ``notes`` / ``note_source`` into the ordered note sources (see module docstring)."""
+    if note_source not in ("summary", "note"):
+        raise ValueError(f"note_source must be 'summary' or 'note', got {note_source!r}")
+    if notes is None:
+        return _NoteSources([], True, [])
+    path = Path(notes)
+    if path.is_absolute() or path.name not in NOTES_FILENAMES or path.parent != Path("."):
+        full = path if path.is_absolute() else root / path
+        if not full.is_file() and not path.is_absolute() and (root / META_FOLDER / path).is_file():
+            full = root / META_FOLDER / path
+        if not full.is_file():
+            raise FileNotFoundError(f"notes CSV not found: {full}")
+        return _NoteSources([(f"notes CSV {full}", _read_notes_csv(full))], False, [full])
+    notes_csv = _find_meta(root, (path.name, *(n for n in NOTES_FILENAMES if n != path.name)))
+    csvs: list[tuple[str, Mapping[str, str]]] = []
+    files: list[Path] = []
+    summary = meta.summary_path
+    if note_source == "summary":
+        if notes_csv is not None:
+            csvs.append((f"notes CSV {notes_csv}", _read_notes_csv(notes_csv, 2)))
+            files.append(notes_csv)
+        if summary is not None and meta.summary_has("gpt4_summary"):
+            table = meta.summary()
+            column = {k: v["gpt4_summary"] for k, v in table.items()}
+            csvs.append((f"{summary} column 'gpt4_summary'", column))
+            files.append(summary)
+        if not csvs:
+            raise FileNotFoundError(
+                f"no summarised notes for {root}: none of {' or '.join(NOTES_FILENAMES)} in "
+                f"{root} or {root / META_FOLDER}, and no {SUMMARY_FILENAME} with a "
+                "'gpt4_summary' column there. Pass note_source='note' to train on the full "
+                f"clinical notes ({SUMMARY_FILENAME}'s 'note' column or each npz's 'note' field), "
+                "or notes=<path> to name a notes CSV"
+            )
+        return _NoteSources(csvs, False, files)
+    if summary is not None and meta.summary_has("note"):
+        table = meta.summary()
+        csvs.append((f"{summary} column 'note'", {k: v["note"] for k, v in table.items()}))
+        files.append(summary)
+    if notes_csv is not None:
+        csvs.append((f"notes CSV {notes_csv} column 1", _read_notes_csv(notes_csv, 1)))
+        files.append(notes_csv)
+    return _NoteSources(csvs, True, files)
+
+
+def _has_split_folders(root: Path) -> bool:
+    return any((root / name).is_dir() for names in SPLIT_FOLDERS.values() for name in names)
+
+
+def _npz_index(root: Path) -> dict[str, Path]:
+    """Every ``*.npz`` in ``root`` and the folders directly under it, by file name."""
+    index: dict[str, Path] = {}
+    for folder in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
+        for p in folder.glob("*.npz"):
+            if p.name in index:
+                raise ValueError(f"file name {p.name!r} found twice: {index[p.name]} and {p}")
+            index[p.name] = p
+    return index
+
+
+def _split_of(value: str, where: str) -> str:
+    v = value.strip().lower()
+    for split, names in SPLIT_VALUES.items():
+        if v in names:
+            return split
+    raise ValueError(
+        f"{where}: split value {value!r} unknown; accepted (any case): "
+        + ", ".join(f"{s}: {'/'.join(n)}" for s, n in SPLIT_VALUES.items())
+    )
+
+
+def _listed_split(root: Path, split: str, listing: Path, column: str) -> list[Path]:
+    table = _read_table(listing)
+    if not table:
+        raise FileNotFoundError(f"{listing} lists no file")
+    first = next(iter(table.values()))
+    col = column if column in first else next((c for c in _SPLIT_COLUMNS if c in first), None)
+    if col is None:
+        raise ValueError(
+            f"CSV {listing}: no split column (one of {list(_SPLIT_COLUMNS)}); "
+            f"columns found: {list(first)}"
+        )
+    names = [
+        name for name, row in table.items() if _split_of(row[col], f"{listing}, {name}") == split
+    ]
+    if not names:
+        raise FileNotFoundError(f"no file of split {split!r} in {listing} (column {col!r})")
+    index = _npz_index(root)
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise FileNotFoundError(
+            f"{listing} lists {len(missing)} file(s) of split {split!r} not found in {root} or "
+            f"the folders directly under it, e.g. {missing[0]!r}"
+        )
+    return sorted((index[n] for n in names), key=lambda p: p.name)
+
+
+def _split_listing(
+    root: Path, split: str, split_source: str
+) -> tuple[list[Path], Path, Path | None]:
+    """``(files in name order, folder for the cache key, listing CSV or None)`` of ``split``."""
+    if split_source not in SPLIT_SOURCES:
+        raise ValueError(f"split_source must be one of {list(SPLIT_SOURCES)}, got {split_source!r}")
+    if split not in SPLIT_FOLDERS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_FOLDERS)}, got {split!r}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"FairVLMed root folder not found: {root}")
+    source = split_source
+    if source == "auto":
+        if _has_split_folders(root):
+            source = "folders"
+        elif _find_meta(root, (SPLIT_FILES_FILENAME,)) is not None:
+            source = "split_files"
+        else:
+            summary = _find_meta(root, (SUMMARY_FILENAME,))
+            if summary is not None and "use" in _Meta(root).summary_columns():
+                source = "use"
+            else:
+                source = "folders"
+    if source == "folders":
+        try:
+            folder = split_folder(root, split)
+        except FileNotFoundError as e:
+            if split_source == "auto" and not _has_split_folders(root):
+                raise FileNotFoundError(
+                    f"{e}; no {SPLIT_FILES_FILENAME} and no {SUMMARY_FILENAME} with a 'use' column "
+                    f"in {root} or {root / META_FOLDER} either"
+                ) from None
+            raise
+        files = sorted(p for p in folder.iterdir() if p.suffix == ".npz" and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no .npz files in {folder}")
+        return files, folder, None
+    name = SPLIT_FILES_FILENAME if source == "split_files" else SUMMARY_FILENAME
+    listing = _find_meta(root, (name,))
+    if listing is None:
+        raise FileNotFoundError(
+            f"split_source={split_source!r}: no {name} in {root} or {root / META_FOLDER}"
+        )
+    files = _listed_split(root, split, listing, "split" if source == "split_files" else "use")
+    return files, root, listing
+
+
+def split_files(
+    root: str | os.PathLike[str], split: str, *, split_source: str = "auto"
+) -> list[Path]:
+    r"""The npz files of ``split`` under ``root``, in name order (see the module docstring).
+
+    Args:
+        root: dataset root.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        split_source: ``"auto"`` (folders, else ``split_files.csv``, else ``data_summary.csv``'s
+            ``use`` column), ``"folders"``, ``"split_files"`` or ``"use"``.
+
+    Returns:
+        The files of the split.
+
+    Raises:
+        FileNotFoundError: no such split (folder, listing or listed file missing).
+        ValueError: unknown split, source or split value; a file name found twice.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name in ("data_00001.npz", "data_00002.npz"):
+        ...     _ = (root / name).write_bytes(b"")
+        >>> _ = (root / "data_summary.csv").write_text(
+        ...     "filename,use\ndata_00001.npz,training\ndata_00002.npz,test\n")
+        >>> [p.name for p in split_files(root, "test")]
+        ['data_00002.npz']
+    """
+    files, _, _ = _split_listing(Path(root), split, split_source)
+    return files
 
 
 def _scalar(npz: Any, field: str, path: Path, kinds: str) -> Any:
     """Read a size-1 array field of one of the numpy dtype ``kinds`` and return its item."""
     arr = _field(npz, field, path)
     if arr.dtype.kind not in kinds:
-        want = {"iu": "an integer", "iub": "an integer or bool", "f": "a float"}.get(kinds, kinds)
+        want = {"iub": "an integer or bool", "iuf": "a number"}.get(kinds, kinds)
         raise TypeError(f"{path}: field {field!r} must be {want} array, got dtype {arr.dtype}")
     if arr.size != 1 or arr.ndim > 1:
         raise ValueError(
@@ -222,8 +487,48 @@ def _read_note(npz: Any, path: Path) -> str:
     return str(note).strip()
 
 
+def _npz_note(npz: Any, path: Path) -> str:
+    return _read_note(npz, path) if NOTE_FIELD in npz.files else ""
+
+
+def _extra_value(npz: Any, path: Path, attr: str, meta: _Meta) -> int:
+    """The group code of an optional attribute (``-1`` unknown) from the npz or the summary."""
+    field = "age" if attr.startswith("age_") else attr
+    if field in npz.files:
+        raw: Any = _scalar(npz, field, path, "iuf" if field == "age" else "iub")
+        where = f"{path}: field {field!r}"
+    else:
+        row = meta.summary().get(path.name)
+        if row is None or field not in row:
+            src = meta.summary_path or f"{SUMMARY_FILENAME} (absent)"
+            raise ValueError(
+                f"{path}: attribute {attr!r} needs the field {field!r}, absent from the npz and "
+                f"from {src}"
+            )
+        where = f"{meta.summary_path}: column {field!r} of {path.name}"
+        text = row[field]
+        try:
+            raw = float(text) if text.strip() else float("nan")
+        except ValueError:
+            raise ValueError(f"{where}: not a number: {text!r}") from None
+    if field == "age":
+        age = float(raw)
+        if not np.isfinite(age) or age < 0:
+            return -1
+        if attr == "age_60":
+            return int(age >= 60)
+        return int(min(max(age - 30, 0) // 10, 5))  # <40, 40s, 50s, 60s, 70s, >=80
+    value = float(raw)
+    n = OPTIONAL_ATTRIBUTE_GROUPS[attr]
+    if not np.isfinite(value):
+        return -1
+    if value != int(value) or not -1 <= value < n:
+        raise ValueError(f"{where} must be in [-1, {n - 1}] (-1 = unknown), got {raw}")
+    return int(value)
+
+
 def _read_sample(
-    path: Path, notes: Mapping[str, str] | None, notes_path: Path | None
+    path: Path, notes: _NoteSources, extras: Sequence[str] = (), meta: _Meta | None = None
 ) -> dict[str, Any]:
     """Read and validate one npz file into a row dict (without ``index``)."""
     try:
@@ -246,30 +551,27 @@ def _read_sample(
                     f"got {value}"
                 )
             row[attr] = int(value)
-        image = _field(npz, IMAGE_FIELD, path)
-        if image.dtype != np.uint8:
-            raise TypeError(f"{path}: field {IMAGE_FIELD!r} must be uint8, got dtype {image.dtype}")
-        if image.ndim != 2 or 0 in image.shape:
-            raise ValueError(
-                f"{path}: field {IMAGE_FIELD!r} must be a 2-D (H, W) grayscale image, got shape "
-                f"{image.shape}"
-            )
-        row["image"] = image
-        if notes is None:
-            note = _read_note(npz, path)
-            where = "its 'note' field"
-        else:
-            note = notes.get(path.name, "")
-            where = f"notes CSV {notes_path}"
+        for attr in extras:
+            row[attr] = _extra_value(npz, path, attr, meta or _Meta(path.parent))
+        row["image"] = to_grey_uint8(
+            _field(npz, IMAGE_FIELD, path), f"{path}: field {IMAGE_FIELD!r}"
+        )
+        note = ""
+        for _, mapping in notes.csvs:
+            note = mapping.get(path.name, "")
+            if note:
+                break
+        if not note and notes.npz:
+            note = _npz_note(npz, path) if notes.csvs else _read_note(npz, path)
         if not note:
-            raise ValueError(f"missing note for {path.name}: empty or absent in {where}")
+            raise ValueError(f"missing note for {path.name}: empty or absent in {notes.describe()}")
         row["note"] = note
         if BAD_PAIR_FIELD in npz.files:
             row[BAD_PAIR_FIELD] = bool(_scalar(npz, BAD_PAIR_FIELD, path, "iub"))
     return row
 
 
-def _features(image_shape: tuple[int, int], with_bad_pair: bool) -> Any:
+def _features(image_shape: tuple[int, int], with_bad_pair: bool, extras: Sequence[str] = ()) -> Any:
     from datasets import Array2D, Features, Value
 
     cols: dict[str, Any] = {
@@ -279,7 +581,7 @@ def _features(image_shape: tuple[int, int], with_bad_pair: bool) -> Any:
         "note": Value("string"),
         "label": Value("int64"),
     }
-    cols.update({attr: Value("int64") for attr in ATTRIBUTES})
+    cols.update({attr: Value("int64") for attr in (*ATTRIBUTES, *extras)})
     if with_bad_pair:
         cols[BAD_PAIR_FIELD] = Value("bool")
     return Features(cols)
@@ -308,22 +610,21 @@ def _default_cache_dir() -> Path:
 def _cache_key(
     folder: Path,
     files: Sequence[Path],
-    notes_path: Path | None,
-    drop: tuple[str, ...],
+    meta_files: Sequence[Path],
+    settings: Any,
     content: bool = False,
 ) -> str:
     """The cache file's key (see the module docstring); ``content`` adds each file's SHA-256."""
     h = hashlib.sha256()
     h.update(_CACHE_VERSION.encode())
     h.update(str(folder.resolve()).encode())
-    h.update(json.dumps(drop).encode())
-    for p in [*files, *([notes_path] if notes_path is not None else [])]:
+    h.update(json.dumps(settings).encode())
+    for p in [*files, *meta_files]:
         st = p.stat()
         h.update(f"\0{p.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
         if content:
             with open(p, "rb") as f:
                 h.update(hashlib.file_digest(f, "sha256").digest())
-    h.update(b"csv" if notes_path is not None else b"npz-note")
     return h.hexdigest()[:24] + ("-c" if content else "")
 
 
@@ -354,9 +655,10 @@ def _open_cache(target: Path, folder: Path) -> Any:
 
 def _rows(
     files: Sequence[Path],
-    notes: Mapping[str, str] | None,
-    notes_path: Path | None,
+    notes: _NoteSources,
     drop: tuple[str, ...],
+    extras: Sequence[str],
+    meta: _Meta,
 ) -> Iterator[dict[str, Any]]:
     """Validated rows, unknown-attribute samples dropped, ``index`` numbered after dropping.
 
@@ -367,7 +669,7 @@ def _rows(
     first: dict[str, Any] | None = None
     unknown = dict.fromkeys(drop, 0)
     for path in files:
-        row = _read_sample(path, notes, notes_path)
+        row = _read_sample(path, notes, extras, meta)
         if first is None:
             first = row
         else:
@@ -412,34 +714,61 @@ def _columns(batch: list[dict[str, Any]], names: Sequence[str]) -> dict[str, lis
     return {name: [row[name] for row in batch] for name in names}
 
 
+def _extras(extra_attributes: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(extra_attributes, str):
+        extra_attributes = (extra_attributes,)
+    extras = tuple(extra_attributes)
+    bad = [a for a in extras if a not in OPTIONAL_ATTRIBUTE_GROUPS]
+    if bad:
+        raise ValueError(
+            f"extra_attributes {bad} unknown; choose from {list(OPTIONAL_ATTRIBUTE_GROUPS)}"
+        )
+    return extras
+
+
 def load_fairvlmed(
     root: str | os.PathLike[str],
     split: str,
     *,
     notes: str | os.PathLike[str] | None = NOTES_FILENAMES[0],
+    note_source: Literal["summary", "note"] = "summary",
+    split_source: Literal["auto", "folders", "split_files", "use"] = "auto",
+    extra_attributes: Sequence[str] = (),
     drop_unknown: bool | Sequence[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     keep_in_memory: bool = False,
     cache_check: Literal["stat", "content"] = "stat",
 ) -> Any:
-    """Read one split of a Harvard-FairVLMed folder into a :class:`datasets.Dataset`.
+    """Read one split of a Harvard-FairVLMed folder, in any published form, into a Dataset.
 
     Files are read with ``np.load(..., allow_pickle=False)`` in file-name order and validated
     (fields present, types and value ranges). Columns: ``index`` (position in the returned split,
     ``0..n-1``, stable: Dynamic Bad Pair Mining keys on it), ``filename``, ``image`` (uint8 H x W,
-    :class:`datasets.Array2D`), ``note`` (str), ``label`` (the ``glaucoma`` field), ``race``,
-    ``gender``, ``ethnicity``, ``language`` (``-1`` = unknown) and ``is_bad_pair`` when the files
-    carry it. The dataset is returned in ``numpy`` format (``datasets`` hands integer arrays out as
-    int64; the stored image is uint8).
+    :class:`datasets.Array2D`, converted by the image rule of the module docstring), ``note``
+    (str), ``label`` (the ``glaucoma`` field), ``race``, ``gender``, ``ethnicity``, ``language``
+    (``-1`` = unknown), the ``extra_attributes`` asked for, and ``is_bad_pair`` when the files
+    carry it. The dataset is returned in ``numpy`` format.
 
     Args:
-        root: dataset root holding ``Training/``, ``Validation/``, ``Test/`` (or ``Testing/``).
+        root: dataset root (see the module docstring for the forms read).
         split: ``"train"``, ``"val"`` or ``"test"``.
-        notes: the summarised-notes CSV (column 0 = npz file name, column 2 = note, first row a
-            header), relative to ``root`` or absolute. If it is one of the two usual names
-            (``gpt-4_summarized_notes.csv``, ``gpt4_summarized_notes.csv``) either spelling is
-            accepted, and when neither exists the ``note`` field of each npz is used with a
-            warning. Any other missing path is an error. ``None`` uses the npz ``note`` field.
+        notes: the summarised-notes CSV name or path. One of the two usual names
+            (``gpt-4_summarized_notes.csv``, ``gpt4_summarized_notes.csv``; the default) means
+            "the release's notes": either spelling, in ``root`` or ``root/ReadMe``, with the
+            other sources of ``note_source``. Any other path (relative to ``root`` or
+            ``root/ReadMe``, or absolute) must exist and is the only source (column 0 = file
+            name, column 2 = note). ``None`` uses each npz's ``note`` field only.
+        note_source: ``"summary"`` (the GPT-4 summaries the paper trains on: the notes CSV, else
+            ``data_summary.csv``'s ``gpt4_summary``; an error when neither exists) or ``"note"``
+            (the full note: ``data_summary.csv``'s ``note``, the notes CSV's column 1, the npz's
+            ``note`` field, in that order per sample).
+        split_source: ``"auto"`` (split folders, else ``split_files.csv``, else
+            ``data_summary.csv``'s ``use`` column), or one of ``"folders"``, ``"split_files"``,
+            ``"use"``.
+        extra_attributes: optional attributes to add as columns: ``"age_60"``, ``"age_decade"``
+            (from the ``age`` field) and ``"maritalstatus"``
+            (:data:`~fairvlm_lightning.schema.OPTIONAL_ATTRIBUTE_GROUPS`), read from the npz or
+            else ``data_summary.csv``. They are never used to drop samples.
         drop_unknown: drop samples whose attributes are unknown (``-1``): ``True`` for all four
             attributes, a sequence of attribute names for those, ``False`` to keep all. ``None``
             (default) drops on all four for ``val``/``test`` and keeps all for ``train``, as the
@@ -456,50 +785,53 @@ def load_fairvlmed(
         The split as a :class:`datasets.Dataset`.
 
     Raises:
-        FileNotFoundError: missing root, split folder or notes CSV; no ``.npz`` file.
-        ValueError: unknown split or attribute; corrupt or truncated npz (the file is named);
-            missing field or note; a note or notes CSV that is not UTF-8 text; value out of
-            range; image shapes differ within the split; no sample left after dropping
-            unknown attributes. A damaged cache file is not an error: it is rebuilt (with a
-            warning).
-        TypeError: a field of the wrong dtype (e.g. a float label, a non-uint8 image).
+        FileNotFoundError: missing root, split (folder, listing, listed file) or notes; no
+            ``.npz`` file.
+        ValueError: unknown split, source or attribute; corrupt or truncated npz (the file is
+            named); missing field or note; a CSV that is not UTF-8 text; value out of range
+            (an image's range is named); image shapes differ within the split; no sample left
+            after dropping unknown attributes. A damaged cache file is not an error: it is
+            rebuilt (with a warning).
+        TypeError: a field of the wrong dtype (e.g. a float label, a string image).
 
     Example:
         >>> import tempfile
         >>> root = Path(tempfile.mkdtemp()) / "fairvlmed"
         >>> (root / "Training").mkdir(parents=True)
-        >>> fields = dict(glaucoma=1, race=2, gender=0, ethnicity=-1, language=0)
+        >>> fields = dict(glaucoma=1, race=2, gender=0, ethnicity=-1, language=0, age=71.5)
         >>> np.savez(root / "Training" / "data_00001.npz",
-        ...          slo_fundus=np.zeros((6, 4), np.uint8), note=np.array("c/d 0.8, glaucoma"),
+        ...          slo_fundus=np.full((6, 4), 0.5, np.float32), note=np.array("c/d 0.8"),
         ...          **{k: np.array(v) for k, v in fields.items()})
-        >>> ds = load_fairvlmed(root, "train", notes=None, keep_in_memory=True)
+        >>> ds = load_fairvlmed(root, "train", notes=None, extra_attributes=["age_60"],
+        ...                     keep_in_memory=True)
         >>> row = ds[0]
-        >>> int(row["index"]), str(row["note"]), int(row["label"]), int(row["ethnicity"])
-        (0, 'c/d 0.8, glaucoma', 1, -1)
-        >>> row["image"].shape, ds.features["image"].dtype
-        ((6, 4), 'uint8')
+        >>> int(row["index"]), str(row["note"]), int(row["label"]), int(row["age_60"])
+        (0, 'c/d 0.8', 1, 1)
+        >>> row["image"].shape, int(row["image"][0, 0]), ds.features["image"].dtype
+        ((6, 4), 128, 'uint8')
     """
     from datasets import Dataset
 
     if cache_check not in ("stat", "content"):
         raise ValueError(f"cache_check must be 'stat' or 'content', got {cache_check!r}")
     root = Path(root)
-    folder = split_folder(root, split)
+    files, folder, listing = _split_listing(root, split, split_source)
     drop = _drop_attributes(drop_unknown, split)
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".npz" and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no .npz files in {folder}")
-    notes_path = _resolve_notes(root, notes)
-    note_map = _read_notes_csv(notes_path) if notes_path is not None else None
+    extras = _extras(extra_attributes)
+    meta = _Meta(root)
+    note_sources = _note_sources(root, notes, note_source, meta)
+    meta_files = [*note_sources.files, *([listing] if listing is not None else [])]
+    if extras and meta.summary_path is not None:
+        meta_files.append(meta.summary_path)
 
     # The first file fixes the schema (image shape, is_bad_pair); _rows checks the others.
-    probe = _read_sample(files[0], note_map, notes_path)
-    features = _features(probe["image"].shape, BAD_PAIR_FIELD in probe)
+    probe = _read_sample(files[0], note_sources, extras, meta)
+    features = _features(probe["image"].shape, BAD_PAIR_FIELD in probe, extras)
     names = list(features)
 
     if keep_in_memory:
         cols: dict[str, list[Any]] = {name: [] for name in names}
-        for row in _rows(files, note_map, notes_path, drop):
+        for row in _rows(files, note_sources, drop, extras, meta):
             for name in names:
                 cols[name].append(row[name])
         return Dataset.from_dict(cols, features=features).with_format("numpy")
@@ -508,24 +840,27 @@ def load_fairvlmed(
 
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(folder, files, notes_path, drop, content=cache_check == "content")
+    settings = [split, drop, extras, note_sources.key(), str(listing)]
+    key = _cache_key(
+        folder, files, sorted(set(meta_files)), settings, content=cache_check == "content"
+    )
     target = cache / f"fairvlmed-{split}-{key}.arrow"
     cached = _open_cache(target, folder)
     if cached is not None:
         return cached.with_format("numpy")
     tag = f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = target.with_name(f"{target.name}.{tag}")
-    meta = target.with_name(f"{target.name}.json")
-    tmp_meta = meta.with_name(f"{meta.name}.{tag}")
+    meta_json = target.with_name(f"{target.name}.json")
+    tmp_meta = meta_json.with_name(f"{meta_json.name}.{tag}")
     try:
         with ArrowWriter(features=features, path=str(tmp)) as writer:
-            for batch in _batched(_rows(files, note_map, notes_path, drop), _WRITE_BATCH):
+            for batch in _batched(_rows(files, note_sources, drop, extras, meta), _WRITE_BATCH):
                 writer.write_batch(_columns(batch, names))
             num_rows, _ = writer.finalize()
         tmp_meta.write_text(json.dumps({"num_rows": int(num_rows)}) + "\n")
         # The sidecar first, then the data, each atomically: a reader sees either no cache, or
         # a complete one (concurrent DDP ranks never see a partial file).
-        os.replace(tmp_meta, meta)
+        os.replace(tmp_meta, meta_json)
         os.replace(tmp, target)
     finally:
         for path in (tmp, tmp_meta):
