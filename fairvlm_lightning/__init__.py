@@ -1,8 +1,9 @@
 """fairvlm-lightning: robust and fair CLIP-style training for medical imaging.
 
 Public API (re-exported names only): fairness metrics, per-pair contrastive losses, the Sinkhorn
-fairness term, Dynamic Bad Pair Mining, the Hugging Face dual-encoder adapter, the data module and
-the ready LightningModule.
+fairness term, Dynamic Bad Pair Mining, the Hugging Face dual-encoder adapter, zero-shot prompts,
+the data modules and the ready LightningModule. The application (the ``fairvlm`` command, the
+benchmark runner, plots, the synthetic twins and tiny models) is :mod:`fairvlm_lightning.app`.
 
 Names are imported lazily on first access, so ``import fairvlm_lightning`` stays cheap (spawned
 DDP workers and the metrics-only user do not pay for Lightning or transformers).
@@ -37,14 +38,14 @@ _EXPORTS: dict[str, str] = {
     # losses, fairness term, encoder adapter
     "DualEncoder": "fairvlm_lightning.encoders",
     "DualEncoderOutput": "fairvlm_lightning.encoders",
+    "EncoderSpec": "fairvlm_lightning.encoders",
+    "ZeroShotPrompts": "fairvlm_lightning.zeroshot",
     "pair_losses": "fairvlm_lightning.losses",
     "SinkhornFairnessLoss": "fairvlm_lightning.sinkhorn",
     # data
+    "ImageTextDataModule": "fairvlm_lightning.data",
     "FairVLMedDataModule": "fairvlm_lightning.data",
     "load_fairvlmed": "fairvlm_lightning.data",
-    "write_synthetic_fairvlmed": "fairvlm_lightning.data",
-    "ensure_synthetic_assets": "fairvlm_lightning.data",
-    "build_tiny_dual_encoder": "fairvlm_lightning.data",
     "ATTRIBUTE_GROUPS": "fairvlm_lightning.data",
     # module
     "FairVLMModule": "fairvlm_lightning.module",
@@ -57,12 +58,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from fairvlm_lightning.callbacks import find_bad_pair_mining as find_bad_pair_mining
     from fairvlm_lightning.data import ATTRIBUTE_GROUPS as ATTRIBUTE_GROUPS
     from fairvlm_lightning.data import FairVLMedDataModule as FairVLMedDataModule
-    from fairvlm_lightning.data import build_tiny_dual_encoder as build_tiny_dual_encoder
-    from fairvlm_lightning.data import ensure_synthetic_assets as ensure_synthetic_assets
+    from fairvlm_lightning.data import ImageTextDataModule as ImageTextDataModule
     from fairvlm_lightning.data import load_fairvlmed as load_fairvlmed
-    from fairvlm_lightning.data import write_synthetic_fairvlmed as write_synthetic_fairvlmed
     from fairvlm_lightning.encoders import DualEncoder as DualEncoder
     from fairvlm_lightning.encoders import DualEncoderOutput as DualEncoderOutput
+    from fairvlm_lightning.encoders import EncoderSpec as EncoderSpec
     from fairvlm_lightning.losses import pair_losses as pair_losses
     from fairvlm_lightning.metrics import DemographicParityDifference as DemographicParityDifference
     from fairvlm_lightning.metrics import EqualizedOddsDifference as EqualizedOddsDifference
@@ -74,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from fairvlm_lightning.module import FairVLMModule as FairVLMModule
     from fairvlm_lightning.probe import LinearProbeEvaluation as LinearProbeEvaluation
     from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss as SinkhornFairnessLoss
+    from fairvlm_lightning.zeroshot import ZeroShotPrompts as ZeroShotPrompts
 
 
 def __getattr__(name: str) -> Any:

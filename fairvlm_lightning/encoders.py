@@ -326,8 +326,8 @@ def _load_model(model: Any, kwargs: Mapping[str, Any]) -> nn.Module:
             raise OSError(
                 f"could not load a model from {model!r}: {err}\n{_where_not_found(model)}For the "
                 "synthetic benchmark the tiny model is created by "
-                "fairvlm_lightning.data.ensure_synthetic_assets(root) (the `fairvlm` command runs "
-                "it before building the module)."
+                "fairvlm_lightning.app.synthetic.ensure_synthetic_assets(root) (the `fairvlm` "
+                "command runs it before building the module)."
             ) from err
     raise TypeError(
         "model must be a Hub name or folder (str), a transformers PreTrainedModel (or another "

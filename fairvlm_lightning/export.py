@@ -182,7 +182,7 @@ def export_module(
     Example:
         >>> import tempfile
         >>> from pathlib import Path
-        >>> from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder
+        >>> from fairvlm_lightning.app.synthetic.tiny_model import build_tiny_dual_encoder
         >>> tmp = Path(tempfile.mkdtemp())
         >>> _ = build_tiny_dual_encoder(tmp / "tiny", texts=["a photo of an eye"] * 8)
         >>> out = export_module(FairVLMModule(str(tmp / "tiny")), tmp / "exported",

@@ -40,6 +40,7 @@ __all__ = [
     "SPLIT_FOLDERS",
     "SPLIT_VALUES",
     "SUMMARY_FILENAME",
+    "SYNTHETIC_MARKER",
 ]
 
 #: Number of groups of each protected attribute (FairVLMed coding; ``-1`` = unknown):
@@ -76,6 +77,10 @@ LABEL_FIELD = "glaucoma"
 NOTE_FIELD = "note"
 #: Optional ``.npz`` field of the synthetic twin: whether the pair was corrupted on purpose.
 BAD_PAIR_FIELD = "is_bad_pair"
+#: File written last into a complete synthetic-twin folder (by the application's generator);
+#: :class:`~fairvlm_lightning.data.FairVLMedDataModule` keeps the Arrow caches of a folder that
+#: has it in ``root/".cache"``.
+SYNTHETIC_MARKER = ".fairvlm_synthetic.json"
 #: Folder names accepted for each split, first match wins (the released data uses ``Testing``).
 SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
     "train": ("Training",),

@@ -4,9 +4,10 @@
 best checkpoint and prints a per-attribute fairness table; ``validate``, ``test`` and
 ``predict`` work as in any ``LightningCLI``. What the command adds to a plain ``LightningCLI``:
 
-* before anything is built, with ``data.synthetic: true``, the synthetic FairVLMed twin and its
-  tiny dual encoder are written under ``data.root`` when missing
-  (:func:`fairvlm_lightning.data.ensure_synthetic_assets`), so a config can name
+* before anything is built, with ``data: {class_path:
+  fairvlm_lightning.app.synthetic.SyntheticFairVLMedDataModule, ...}``, the synthetic FairVLMed
+  twin and its tiny dual encoder are written under ``data.root`` when missing
+  (:func:`fairvlm_lightning.app.synthetic.ensure_synthetic_assets`), so a config can name
   ``<root>/tiny_model`` as the model on a fresh machine, offline;
 * ``data.max_length`` is linked to ``model.zero_shot.max_length`` (prompts padded like the notes)
   and ``data.model`` defaults to ``model.model`` when that is a name or folder;
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -65,15 +67,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fairvlm_lightning.app.synthetic import (
+    SyntheticFairVLMedDataModule,
+    ensure_synthetic_assets,
+    expand_cache_path,
+)
 from fairvlm_lightning.atomic import atomic_write_text, file_identity
 from fairvlm_lightning.checkpoints import CheckpointError, check_checkpoint, load_checkpoint
 from fairvlm_lightning.configs import configs_dir, resolve_config, shipped_configs
-from fairvlm_lightning.data import (
-    FairVLMedDataModule,
-    ImageTextDataModule,
-    ensure_synthetic_assets,
-)
-from fairvlm_lightning.data.synthetic import expand_cache_path
+from fairvlm_lightning.data import FairVLMedDataModule, ImageTextDataModule
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import GROUP_NAMES
 from fairvlm_lightning.tables import fairness_table, format_value
@@ -389,6 +391,19 @@ def _data_init_args(data: Any) -> Any:
     return data.get("init_args") if data is not None and "class_path" in data else data
 
 
+def _is_synthetic_data(data: Any) -> bool:
+    """Whether a ``data:`` node's ``class_path`` is a :class:`SyntheticFairVLMedDataModule`."""
+    class_path = data.get("class_path") if data is not None and "class_path" in data else None
+    if not class_path:
+        return False
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False  # jsonargparse has already refused a class path it cannot import
+    return isinstance(cls, type) and issubclass(cls, SyntheticFairVLMedDataModule)
+
+
 def _resolve_seeds(cfg: Any) -> dict[str, Any]:
     """Make ``data.seed`` follow ``seed_everything`` unless it was given; return the seeds used.
 
@@ -692,7 +707,7 @@ class FairVLMCLI(LightningCLI):
         if data is None:
             return
         self.seeds = _resolve_seeds(cfg)
-        if data.get("synthetic"):
+        if _is_synthetic_data(cfg.get("data")):
             kwargs = dict(data.get("synthetic_kwargs") or {})
             ensure_synthetic_assets(data.root, **kwargs)
         # The data module's processor source defaults to the module's model (both record it as

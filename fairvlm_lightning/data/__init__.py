@@ -1,4 +1,7 @@
-"""Data: any image-text dataset, Harvard-FairVLMed in its published forms, its twin, samplers."""
+"""Data: any image-text dataset, Harvard-FairVLMed in its published forms, samplers.
+
+The synthetic twins and tiny models are application code: :mod:`fairvlm_lightning.app.synthetic`.
+"""
 
 from fairvlm_lightning.data.datamodule import (
     SOURCE_SPLITS,
@@ -14,32 +17,17 @@ from fairvlm_lightning.data.fairvlmed import (
     split_files,
 )
 from fairvlm_lightning.data.images import to_grey_uint8
-from fairvlm_lightning.data.release_forms import RELEASE_FORMS, write_release_form
 from fairvlm_lightning.data.sampling import (
     EpochShuffleSampler,
     GroupBalancedSampler,
     ResumableDataLoader,
     UnpaddedDistributedSampler,
 )
-from fairvlm_lightning.data.synthetic import (
-    DEFAULT_PROMPTS,
-    DEFAULT_SIZES,
-    ensure_synthetic_assets,
-    write_synthetic_fairvlmed,
-)
-from fairvlm_lightning.data.tiny_model import (
-    build_tiny_dual_encoder,
-    train_note_tokenizer,
-    warm_start_dual_encoder,
-)
 from fairvlm_lightning.data.transforms import ImageTransform
 
 __all__ = [
     "ATTRIBUTES",
     "ATTRIBUTE_GROUPS",
-    "DEFAULT_PROMPTS",
-    "DEFAULT_SIZES",
-    "RELEASE_FORMS",
     "SOURCE_SPLITS",
     "SPLIT_FOLDERS",
     "SPLIT_SOURCES",
@@ -50,13 +38,7 @@ __all__ = [
     "ImageTransform",
     "ResumableDataLoader",
     "UnpaddedDistributedSampler",
-    "build_tiny_dual_encoder",
-    "ensure_synthetic_assets",
     "load_fairvlmed",
     "split_files",
     "to_grey_uint8",
-    "train_note_tokenizer",
-    "warm_start_dual_encoder",
-    "write_release_form",
-    "write_synthetic_fairvlmed",
 ]

@@ -33,7 +33,6 @@ from fairvlm_lightning.data.sampling import (
     ResumableDataLoader,
     UnpaddedDistributedSampler,
 )
-from fairvlm_lightning.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_assets
 from fairvlm_lightning.data.transforms import ImageTransform
 from fairvlm_lightning.schema import (
     ATTRIBUTE_GROUPS,
@@ -41,6 +40,7 @@ from fairvlm_lightning.schema import (
     BAD_PAIR_FIELD,
     NOTES_FILENAMES,
     OPTIONAL_ATTRIBUTE_GROUPS,
+    SYNTHETIC_MARKER,
 )
 
 __all__ = ["SOURCE_SPLITS", "FairVLMedDataModule", "ImageTextDataModule", "ImageTransform"]
@@ -363,7 +363,7 @@ class ImageTextDataModule(LightningDataModule):
     Example:
         >>> import tempfile
         >>> from datasets import Dataset, DatasetDict
-        >>> from fairvlm_lightning.data import build_tiny_dual_encoder
+        >>> from fairvlm_lightning.app.synthetic import build_tiny_dual_encoder
         >>> model = build_tiny_dual_encoder(tempfile.mkdtemp(), ["a b c"] * 4)
         >>> part = Dataset.from_dict({"image": [np.zeros((8, 8), np.uint8)] * 4,
         ...     "text": ["a", "b", "c", "a"], "label": [0, 1, 0, 1], "sex": ["F", "M", "M", None]})
@@ -743,7 +743,7 @@ class ImageTextDataModule(LightningDataModule):
         return repr(str(src)) if isinstance(src, (str, os.PathLike)) else type(src).__name__
 
     def _prepare_source(self) -> None:
-        """Hook run first by ``prepare_data`` and ``setup`` (the FairVLMed preset: its twin)."""
+        """Hook run first by ``prepare_data`` and ``setup`` (a subclass writes its data here)."""
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -822,7 +822,8 @@ class ImageTextDataModule(LightningDataModule):
 
         Example:
             >>> import tempfile
-            >>> dm = FairVLMedDataModule(tempfile.mkdtemp(), synthetic=True,
+            >>> from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
+            >>> dm = SyntheticFairVLMedDataModule(tempfile.mkdtemp(),
             ...     synthetic_kwargs={"sizes": {"train": 8, "val": 4, "test": 4},
             ...                       "image_shape": (32, 32), "warm_start_steps": 0})
             >>> dm.setup("fit")
@@ -922,12 +923,8 @@ class FairVLMedDataModule(ImageTextDataModule):
 
     Args:
         root: dataset root (``Training/``, ``Validation/``, ``Test/`` or ``Testing/``).
-        model: folder or Hub name whose tokenizer and image processor are used; for
-            ``synthetic=True`` defaults to ``root/"tiny_model"``.
-        synthetic: write the synthetic twin and the tiny model into ``root`` on first use
-            (:func:`~fairvlm_lightning.data.ensure_synthetic_assets`).
-        synthetic_kwargs: keyword arguments of ``ensure_synthetic_assets`` (``seed``, ``sizes``,
-            ``bad_pair_rate``, ``model_kwargs``, ...).
+        model: folder or Hub name whose tokenizer and image processor are used (required;
+            the ``fairvlm`` command fills it from ``model.model``).
         batch_size: training batch size.
         eval_batch_size: val/test/predict batch size (default ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -945,8 +942,8 @@ class FairVLMedDataModule(ImageTextDataModule):
         seed: seed of the training order; ``None`` (the default) takes the seed of Lightning's
             ``seed_everything`` (``PL_GLOBAL_SEED``) when one is set, else 0. The ``fairvlm``
             command fills it from ``--seed_everything`` unless it is given explicitly.
-        cache_dir: cache for the Arrow files; default ``root/".cache"`` for synthetic data
-            (``synthetic=True`` or a folder written by ``ensure_synthetic_assets``), the
+        cache_dir: cache for the Arrow files; default ``root/".cache"`` for a synthetic-twin
+            folder (one holding :data:`~fairvlm_lightning.schema.SYNTHETIC_MARKER`), the
             ``datasets`` cache otherwise.
         cache_check: ``"stat"`` (default) or ``"content"``: how the split cache sees edited
             files (see :func:`~fairvlm_lightning.data.load_fairvlmed`); ``"content"`` also
@@ -961,11 +958,15 @@ class FairVLMedDataModule(ImageTextDataModule):
     mid-epoch checkpoint skips exactly the batches it had seen. A damaged cache file (the split's
     Arrow file or its preprocessed ``cache-*.arrow``) is rebuilt with a warning.
 
+    The synthetic twin (written on first use) is the application's subclass
+    :class:`fairvlm_lightning.app.synthetic.SyntheticFairVLMedDataModule`.
+
     Example:
         >>> import tempfile
-        >>> dm = FairVLMedDataModule(tempfile.mkdtemp(), synthetic=True, batch_size=4,
-        ...     synthetic_kwargs={"sizes": {"train": 16, "val": 8, "test": 8},
-        ...                       "image_shape": (32, 32), "warm_start_steps": 0})
+        >>> from fairvlm_lightning.app.synthetic import ensure_synthetic_assets
+        >>> root = ensure_synthetic_assets(tempfile.mkdtemp(), warm_start_steps=0,
+        ...     sizes={"train": 16, "val": 8, "test": 8}, image_shape=(32, 32))
+        >>> dm = FairVLMedDataModule(root, model=root / "tiny_model", batch_size=4)
         >>> dm.prepare_data(); dm.setup("fit")
         >>> batch = next(iter(dm.train_dataloader()))
         >>> batch["pixel_values"].shape, batch["input_ids"].shape, batch["race"].dtype
@@ -977,8 +978,6 @@ class FairVLMedDataModule(ImageTextDataModule):
         root: str | os.PathLike[str],
         *,
         model: str | os.PathLike[str] | None = None,
-        synthetic: bool = False,
-        synthetic_kwargs: dict[str, Any] | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -1007,13 +1006,10 @@ class FairVLMedDataModule(ImageTextDataModule):
             )
         self.note_source, self.split_source = note_source, split_source
         self.root = Path(root)
-        if model is None and not synthetic:
+        if model is None:
             raise ValueError(
-                "model (a folder or Hub name with a tokenizer and image processor) is required "
-                "unless synthetic=True"
+                "model (a folder or Hub name with a tokenizer and image processor) is required"
             )
-        self.synthetic = bool(synthetic)
-        self.synthetic_kwargs = dict(synthetic_kwargs or {})
         if isinstance(attributes, str):
             attributes = (attributes,)
         known = {**ATTRIBUTE_GROUPS, **OPTIONAL_ATTRIBUTE_GROUPS}
@@ -1025,10 +1021,10 @@ class FairVLMedDataModule(ImageTextDataModule):
                 f"balance_attribute {balance_attribute!r} unknown; choose from {list(known)}"
             )
         cache = cache_dir
-        if cache is None and (synthetic or (self.root / SYNTHETIC_MARKER).is_file()):
+        if cache is None and (self.root / SYNTHETIC_MARKER).is_file():
             cache = self.root / ".cache"
         super()._configure(
-            model=model if model is not None else self.root / "tiny_model",
+            model=model,
             attribute_groups={a: known[a] for a in attributes},
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
@@ -1051,10 +1047,6 @@ class FairVLMedDataModule(ImageTextDataModule):
 
     fingerprint_tag = "fairvlmed-train"
     key_column = "filename"
-
-    def _prepare_source(self) -> None:
-        if self.synthetic:
-            ensure_synthetic_assets(self.root, **self.synthetic_kwargs)
 
     def _where(self) -> str:
         return str(self.root)

@@ -65,8 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from fairvlm_lightning.app.synthetic.tiny_model import build_tiny_dual_encoder
 from fairvlm_lightning.atomic import MARKER, FileLock, atomic_folder
-from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder
 
 __all__ = [
     "APPEARANCE",
@@ -191,6 +191,7 @@ METADATA_COLUMNS: tuple[str, ...] = (
     "is_bad_pair",
 )
 
+# The generator's identity in every written folder's marker (fixed, not this module's path).
 _GENERATOR = "fairvlm_lightning.data.synthetic_cxr"
 _WARM_START_STREAM, _WARM_START_SAMPLES, _WARM_START_BATCH = 7, 2000, 64
 
@@ -657,9 +658,9 @@ def _warm_start_multilabel(
 ) -> None:
     """Train both towers against one shared multi-label head (BCE), then drop the head.
 
-    The multi-label counterpart of :func:`~fairvlm_lightning.data.warm_start_dual_encoder`: it
-    puts images and reports with the same findings in similar directions, a cheap stand-in for
-    a pretrained checkpoint.
+    The multi-label counterpart of
+    :func:`~fairvlm_lightning.app.synthetic.warm_start_dual_encoder`: it puts images and reports
+    with the same findings in similar directions, a cheap stand-in for a pretrained checkpoint.
     """
     import torch
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
@@ -745,10 +746,10 @@ def ensure_synthetic_cxr(
     settings (:func:`synthetic_cxr_settings`) and their fingerprint. A complete folder with the
     same fingerprint is returned as is; one this generator wrote with other settings is
     replaced; any other non-empty folder is refused. A lock serialises concurrent callers.
-    With ``model``, a tiny CLIP (:func:`~fairvlm_lightning.data.build_tiny_dual_encoder`) is
-    built with a tokenizer trained on the training reports and :data:`FINDING_PROMPTS`, pixel
-    statistics of the training images, and a multi-label warm start on a separate clean
-    sample from its own random stream.
+    With ``model``, a tiny CLIP (:func:`~fairvlm_lightning.app.synthetic.build_tiny_dual_encoder`)
+    is built with a tokenizer trained on the training reports and :data:`FINDING_PROMPTS`, pixel
+    statistics of the training images, and a multi-label warm start on a separate clean sample from
+    its own random stream.
 
     Args:
         root: the dataset folder (``load_dataset("imagefolder", data_dir=root)`` reads it).

@@ -34,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder, warm_start_dual_encoder
+from fairvlm_lightning.app.synthetic.tiny_model import (
+    build_tiny_dual_encoder,
+    warm_start_dual_encoder,
+)
 from fairvlm_lightning.schema import (
     ATTRIBUTE_GROUPS,
     ATTRIBUTES,
@@ -45,6 +48,7 @@ from fairvlm_lightning.schema import (
     NOTE_FIELD,
     NOTES_FILENAMES,
     SPLIT_FOLDERS,
+    SYNTHETIC_MARKER,
 )
 
 __all__ = [
@@ -106,8 +110,7 @@ def expand_cache_path(path: str) -> str:
 
 
 _FOLDERS = {split: names[0] for split, names in SPLIT_FOLDERS.items()}
-#: Written last by :func:`ensure_synthetic_assets`: its presence means the folder is complete.
-SYNTHETIC_MARKER = ".fairvlm_synthetic.json"
+# Written last by ensure_synthetic_assets: its presence means the folder is complete.
 _MARKER = SYNTHETIC_MARKER
 _STARTED = ".fairvlm_synthetic.incomplete"  # written first: a crashed write is redone
 _LOCK = ".fairvlm_synthetic.lock"
@@ -646,15 +649,16 @@ def ensure_synthetic_assets(
     is wiped and redone, and so (with a warning) is a folder written by an older version of this
     generator. The tiny model's tokenizer is trained on the training notes (and the
     default zero-shot prompts), its image processor normalises with the training pixels'
-    mean/std, and it is warm-started (:func:`~fairvlm_lightning.data.warm_start_dual_encoder`)
-    on a separate clean corpus from the same generator (its own random stream, no bad pairs, not
-    the dataset's splits), so that it starts from meaningful features as a Hub checkpoint would.
+    mean/std, and it is warm-started
+    (:func:`~fairvlm_lightning.app.synthetic.warm_start_dual_encoder`) on a separate clean corpus
+    from the same generator (its own random stream, no bad pairs, not the dataset's splits), so that
+    it starts from meaningful features as a Hub checkpoint would.
 
     Args:
         root: target folder (created).
         seed: seed of the data (and, unless ``model_kwargs`` sets one, of the model).
         model_kwargs: keyword arguments of
-            :func:`~fairvlm_lightning.data.build_tiny_dual_encoder` (e.g. ``hidden_size``).
+            :func:`~fairvlm_lightning.app.synthetic.build_tiny_dual_encoder` (e.g. ``hidden_size``).
         warm_start_steps: steps of the warm start (0: keep the random initialisation).
         **synthetic_kwargs: keyword arguments of :func:`write_synthetic_fairvlmed` (``sizes``,
             ``bad_pair_rate``, ...).

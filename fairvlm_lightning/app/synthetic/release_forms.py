@@ -4,7 +4,7 @@ Harvard-FairVLMed circulates in several shapes: CSVs in ``ReadMe/`` or in the ro
 folders (``Test`` or ``Testing``), as a ``use`` column or as ``split_files.csv``, images as uint8
 or float, npz files with or without a ``note`` field. :func:`write_release_form` rewrites a
 canonical folder (``Training/``, ``Validation/``, ``Test/`` and ``gpt-4_summarized_notes.csv``,
-as :func:`~fairvlm_lightning.data.write_synthetic_fairvlmed` writes it) in one of
+as :func:`~fairvlm_lightning.app.synthetic.write_synthetic_fairvlmed` writes it) in one of
 :data:`RELEASE_FORMS`, so that a test can check that the loader reads every form to the same
 samples.
 
