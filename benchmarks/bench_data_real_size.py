@@ -179,7 +179,7 @@ def main() -> None:
     n = 8 if args.quick else args.n
     base = Path(tempfile.mkdtemp(prefix="fairvlm-real-size-", dir=args.dir))
     try:
-        from fairvlm_lightning.data import build_tiny_dual_encoder
+        from fairvlm_lightning.app.synthetic import build_tiny_dual_encoder
 
         root, cache = base / "FairVLMed", base / "cache"
         t0 = time.perf_counter()

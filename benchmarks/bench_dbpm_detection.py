@@ -179,8 +179,8 @@ def run_one(job: dict[str, Any], quick: bool) -> dict[str, Any]:
     import lightning.pytorch as pl
     import torch
 
+    from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
     from fairvlm_lightning.callbacks import DynamicBadPairMining
-    from fairvlm_lightning.data import FairVLMedDataModule
     from fairvlm_lightning.mining import BadPairMiner
     from fairvlm_lightning.module import FairVLMModule
 
@@ -190,9 +190,8 @@ def run_one(job: dict[str, Any], quick: bool) -> dict[str, Any]:
     train = 200 if quick else 2000
     root = CACHE / f"{'quick_' if quick else ''}r{rate:g}_c{conc:g}_s{seed}"
     t0 = time.perf_counter()
-    dm = FairVLMedDataModule(
+    dm = SyntheticFairVLMedDataModule(
         root,
-        synthetic=True,
         # val/test are drawn after the training split and its bad pairs from the same
         # generator, and the tiny model depends only on the training split: their sizes do
         # not change what is trained here, so they are kept tiny.

@@ -85,7 +85,7 @@ class _PhasePeaks:
 
 
 def run_one(mode: str, batch_size: int, steps: int, warmup: int, threads: int, device: str) -> dict:
-    from fairvlm_lightning.data.tiny_model import build_tiny_dual_encoder
+    from fairvlm_lightning.app.synthetic.tiny_model import build_tiny_dual_encoder
     from fairvlm_lightning.encoders import EncoderSpec
     from fairvlm_lightning.module import FairVLMModule
     from fairvlm_lightning.sinkhorn import SinkhornFairnessLoss

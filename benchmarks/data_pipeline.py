@@ -28,13 +28,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from fairvlm_lightning.data import (
-    FairVLMedDataModule,
+from fairvlm_lightning.app.synthetic import (
     build_tiny_dual_encoder,
     ensure_synthetic_assets,
-    load_fairvlmed,
     write_synthetic_fairvlmed,
 )
+from fairvlm_lightning.data import FairVLMedDataModule, load_fairvlmed
 from fairvlm_lightning.schema import IMAGE_FIELD, LABEL_FIELD, NOTE_FIELD, SPLIT_FOLDERS
 
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.callbacks import DynamicBadPairMining, find_bad_pair_mining  # (+)
-from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.metrics import FairnessMetrics  # (+)
 from fairvlm_lightning.schema import ATTRIBUTE_GROUPS, CLASS_PROMPTS
 
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(args.synthetic_kwargs)
     if args.sizes is not None:
         kwargs["sizes"] = dict(zip(("train", "val", "test"), args.sizes, strict=True))
-    dm = FairVLMedDataModule(
-        args.root, synthetic=True, synthetic_kwargs=kwargs, batch_size=args.batch_size
+    dm = SyntheticFairVLMedDataModule(
+        args.root, synthetic_kwargs=kwargs, batch_size=args.batch_size
     )
     dm.prepare_data()  # writes the synthetic data and tiny model on first use
     model = MyCLIP(str(Path(args.root) / "tiny_model"), dm.tokenize(list(_PROMPTS)), lr=args.lr)

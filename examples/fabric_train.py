@@ -30,7 +30,8 @@ import torch
 from lightning.fabric import Fabric
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fairvlm_lightning.data import FairVLMedDataModule, ensure_synthetic_assets
+from fairvlm_lightning.app.synthetic import ensure_synthetic_assets
+from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.encoders import DualEncoder
 from fairvlm_lightning.losses import pair_losses
 from fairvlm_lightning.metrics import FairnessMetrics

@@ -13,8 +13,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # The keyword arguments the session's synthetic folder was written with. To build a data module
-# on it, pass them back: FairVLMedDataModule(root, synthetic=True, synthetic_kwargs=...) (other
-# settings would be refused: the folder is complete with these), or use model=root/"tiny_model".
+# on it, pass them back: SyntheticFairVLMedDataModule(root, synthetic_kwargs=...) (other settings
+# would be refused: the folder is complete with these), or use
+# FairVLMedDataModule(root, model=root/"tiny_model").
 SYNTHETIC_TEST_KWARGS: dict[str, Any] = {
     "seed": 0,
     "sizes": {"train": 96, "val": 48, "test": 48},
@@ -33,7 +34,7 @@ def synthetic_root(
     tmp_path_factory: pytest.TempPathFactory, synthetic_kwargs: dict[str, Any]
 ) -> Path:
     """A synthetic FairVLMed folder (96 train / 48 val / 48 test, 128x128) and ``tiny_model/``."""
-    from fairvlm_lightning.data import ensure_synthetic_assets
+    from fairvlm_lightning.app.synthetic import ensure_synthetic_assets
 
     root = tmp_path_factory.mktemp("synthetic_fairvlmed")
     return ensure_synthetic_assets(root, **synthetic_kwargs)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.data import FairVLMedDataModule, load_fairvlmed
 from fairvlm_lightning.data.sampling import EpochShuffleSampler, ResumableDataLoader
 
@@ -165,7 +166,7 @@ def test_truncated_preprocessed_cache_is_rebuilt(tmp_path: Path) -> None:
     root = tmp_path / "syn"
 
     def first_batches() -> dict[str, torch.Tensor]:
-        dm = FairVLMedDataModule(root, synthetic=True, synthetic_kwargs=kwargs, batch_size=12)
+        dm = SyntheticFairVLMedDataModule(root, synthetic_kwargs=kwargs, batch_size=12)
         dm.setup("fit")
         return next(iter(dm.train_dataloader()))
 

@@ -160,7 +160,7 @@ def test_data_variants_point_at_their_own_generated_data() -> None:
     import inspect
 
     from fairvlm_lightning.app.benchmark import DATA_VARIANTS, data_variant_args
-    from fairvlm_lightning.data import write_synthetic_fairvlmed
+    from fairvlm_lightning.app.synthetic import write_synthetic_fairvlmed
 
     assert data_variant_args("default") == []
     args = data_variant_args("shifted")

@@ -19,8 +19,8 @@ from synthetic_args import synthetic_overrides
 from transformers import AutoModel, AutoTokenizer
 
 from fairvlm_lightning.app.cli import FairVLMCLI, dbpm_summary, main
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.callbacks import DynamicBadPairMining
-from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import CLASS_PROMPTS
 from fairvlm_lightning.tables import fairness_table
@@ -50,8 +50,8 @@ def _sklearn_test_auc(ckpt: str, root: Path, synthetic_kwargs: dict) -> float:
         max_length=max_length,
         return_tensors="pt",
     )
-    dm = FairVLMedDataModule(
-        str(root), synthetic=True, synthetic_kwargs=synthetic_kwargs, max_length=max_length
+    dm = SyntheticFairVLMedDataModule(
+        str(root), synthetic_kwargs=synthetic_kwargs, max_length=max_length
     )
     dm.setup("test")
     scores, labels = [], []
@@ -78,7 +78,7 @@ def _check_dbpm_line(out: str, last_ckpt: Path, root: Path, synthetic_kwargs: di
     faulty, noisy, hits, faulty_again, precision, recall, bad = match.groups()
     state = torch.load(last_ckpt, weights_only=False)["callbacks"]["DynamicBadPairMining"]
     flags = state["miner"]["flags"]
-    dm = FairVLMedDataModule(str(root), synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    dm = SyntheticFairVLMedDataModule(str(root), synthetic_kwargs=synthetic_kwargs)
     dm.setup("fit")
     truth = torch.as_tensor(np.asarray(dm.datasets["train"]["is_bad_pair"])).bool()
     assert truth.shape == flags.shape and truth.any()

@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import stats
 from transformers import AutoImageProcessor, AutoTokenizer
 
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.data import (
     ATTRIBUTE_GROUPS,
     EpochShuffleSampler,
@@ -24,9 +25,8 @@ from fairvlm_lightning.data import (
 
 @pytest.fixture(scope="module")
 def dm(synthetic_root: Path, synthetic_kwargs: dict[str, Any]) -> FairVLMedDataModule:
-    module = FairVLMedDataModule(
+    module = SyntheticFairVLMedDataModule(
         synthetic_root,
-        synthetic=True,
         synthetic_kwargs=synthetic_kwargs,
         batch_size=16,
         eval_batch_size=20,
@@ -243,12 +243,12 @@ def test_image_size_override() -> None:
         ({"batch_size": 0}, "batch_size must be positive"),
         ({"eval_batch_size": -1}, "eval_batch_size must be positive"),
         ({"num_workers": -1}, "num_workers"),
-        ({"synthetic": False}, "model .* is required"),
+        ({"model": None}, "model .* is required"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        FairVLMedDataModule(tmp_path, **{"synthetic": True, **kwargs})
+        FairVLMedDataModule(tmp_path, **{"model": "any-model", **kwargs})
 
 
 def test_bad_setup(synthetic_root: Path, tmp_path: Path) -> None:
@@ -283,8 +283,8 @@ def test_drop_bad_pairs_keeps_exactly_the_clean_training_pairs(
         rows = [r for r in csv.DictReader(fh) if r["split"] == "Training"]
     clean = sorted((r for r in rows if r["is_bad_pair"] == "0"), key=lambda r: r["filename"])
     assert 0 < len(clean) < len(rows)  # the fixture has planted bad pairs
-    module = FairVLMedDataModule(
-        synthetic_root, synthetic=True, synthetic_kwargs=synthetic_kwargs, batch_size=7,
+    module = SyntheticFairVLMedDataModule(
+        synthetic_root, synthetic_kwargs=synthetic_kwargs, batch_size=7,
         drop_bad_pairs=True,
     )
     module.prepare_data()
@@ -300,7 +300,7 @@ def test_drop_bad_pairs_keeps_exactly_the_clean_training_pairs(
     for i, r in enumerate(clean):
         assert seen[i] == (int(r["glaucoma"]), int(r["race"]), False)
     # validation is untouched
-    full = FairVLMedDataModule(synthetic_root, synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    full = SyntheticFairVLMedDataModule(synthetic_root, synthetic_kwargs=synthetic_kwargs)
     full.setup("fit")
     assert len(full.split_dataset("val")) == len(module.split_dataset("val"))
     assert len(full.split_dataset("train")) == len(rows)

@@ -19,14 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fairvlm_lightning.data import (
+from fairvlm_lightning.app.synthetic import (
     RELEASE_FORMS,
-    load_fairvlmed,
-    split_files,
-    to_grey_uint8,
     write_release_form,
     write_synthetic_fairvlmed,
 )
+from fairvlm_lightning.data import load_fairvlmed, split_files, to_grey_uint8
 from fairvlm_lightning.schema import ATTRIBUTES
 
 SPLITS = ("train", "val", "test")
@@ -195,7 +193,7 @@ def test_fairvlm_fit_trains_on_a_release_form(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from fairvlm_lightning.cli import main
+    from fairvlm_lightning.app.cli import main
 
     monkeypatch.setattr(sys, "argv", ["fairvlm"])
     monkeypatch.chdir(tmp_path)
@@ -207,8 +205,8 @@ def test_fairvlm_fit_trains_on_a_release_form(
             str(config),
             "--data.root",
             str(forms["readme"]),
-            "--data.synthetic",
-            "false",
+            "--data.class_path",
+            "fairvlm_lightning.data.FairVLMedDataModule",
             "--data.cache_dir",
             str(tmp_path / "cache"),
             "--model.model",

@@ -15,11 +15,8 @@ from scipy.ndimage import uniform_filter
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from fairvlm_lightning.data import (
-    ensure_synthetic_assets,
-    load_fairvlmed,
-    write_synthetic_fairvlmed,
-)
+from fairvlm_lightning.app.synthetic import ensure_synthetic_assets, write_synthetic_fairvlmed
+from fairvlm_lightning.data import load_fairvlmed
 
 SMALL = {"sizes": {"train": 40, "val": 10, "test": 10}, "image_shape": (32, 32)}
 

@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import stats
 from scipy.ndimage import uniform_filter
 
-from fairvlm_lightning.data import synthetic_cxr as cxr
+from fairvlm_lightning.app.synthetic import cxr
 
 BIG_SIZES = {"train": 1200, "validation": 100, "test": 100}
 SMALL_SIZES = {"train": 24, "validation": 6, "test": 6}

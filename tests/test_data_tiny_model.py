@@ -17,7 +17,7 @@ from transformers import (
     CLIPModel,
 )
 
-from fairvlm_lightning.data import build_tiny_dual_encoder, train_note_tokenizer
+from fairvlm_lightning.app.synthetic import build_tiny_dual_encoder, train_note_tokenizer
 
 NOTES = [
     "Cup-to-disc ratio 0.72 OD. Assessment: glaucoma. Intraocular pressure 22 mmHg.",
@@ -162,7 +162,7 @@ def _zero_shot_auc(folder: Path, images: np.ndarray, labels: np.ndarray) -> floa
 
 
 def test_warm_start_aligns_towers_deterministically(tmp_path: Path) -> None:
-    from fairvlm_lightning.data import warm_start_dual_encoder, write_synthetic_fairvlmed
+    from fairvlm_lightning.app.synthetic import warm_start_dual_encoder, write_synthetic_fairvlmed
 
     data = write_synthetic_fairvlmed(
         tmp_path / "d",
@@ -190,7 +190,7 @@ def test_warm_start_aligns_towers_deterministically(tmp_path: Path) -> None:
 
 
 def test_warm_start_bad_input(tiny: Path) -> None:
-    from fairvlm_lightning.data import warm_start_dual_encoder
+    from fairvlm_lightning.app.synthetic import warm_start_dual_encoder
 
     images = np.zeros((4, 8, 8), np.uint8)
     with pytest.raises(ValueError, match="differ in length"):

@@ -16,15 +16,16 @@ import pytest
 import torch
 from ddp_utils import run_distributed
 
-from fairvlm_lightning.data import FairVLMedDataModule, UnpaddedDistributedSampler
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
+from fairvlm_lightning.data import UnpaddedDistributedSampler
 from fairvlm_lightning.module import FairVLMModule
 
 EVAL_BATCH = 5  # 41 test samples: rank 0 gets 21 (5 batches), rank 1 gets 20 (4 batches)
 
 
 def _evaluate(root: str, synthetic_kwargs: dict, devices: int) -> dict[str, Any]:
-    dm = FairVLMedDataModule(
-        root, synthetic=True, synthetic_kwargs=synthetic_kwargs, eval_batch_size=EVAL_BATCH
+    dm = SyntheticFairVLMedDataModule(
+        root, synthetic_kwargs=synthetic_kwargs, eval_batch_size=EVAL_BATCH
     )
     module = FairVLMModule(str(Path(root) / "tiny_model"))
     trainer = pl.Trainer(
@@ -53,7 +54,7 @@ def _worker(rank: int, world_size: int, root: str, synthetic_kwargs: dict) -> di
 def test_two_process_evaluation_equals_one_process(
     synthetic_root: Path, synthetic_kwargs: dict
 ) -> None:
-    dm = FairVLMedDataModule(str(synthetic_root), synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    dm = SyntheticFairVLMedDataModule(str(synthetic_root), synthetic_kwargs=synthetic_kwargs)
     dm.prepare_data()  # fill the caches once, before the processes start
     dm.setup("test")
     n_test = len(dm.split_dataset("test"))
@@ -109,7 +110,7 @@ def test_data_module_shards_only_under_a_multi_process_trainer(
             self.distributed_sampler_kwargs = kwargs
             self.accelerator = None
 
-    dm = FairVLMedDataModule(str(synthetic_root), synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    dm = SyntheticFairVLMedDataModule(str(synthetic_root), synthetic_kwargs=synthetic_kwargs)
     dm.prepare_data()
     dm.setup("validate")
     n = len(dm.split_dataset("val"))

@@ -16,6 +16,7 @@ from synthetic_args import synthetic_overrides
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 from fairvlm_lightning.app.cli import main, resolve_config, shipped_configs
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.export import export_checkpoint, export_module
 from fairvlm_lightning.module import FairVLMModule
@@ -75,9 +76,8 @@ def test_fit_probe_export_round_trip(
     assert "attribute  AUC    ES-AUC  DPD    DEOdds  group AUCs" in out and "probe: AUC" in out
     cli_values = json.loads((tmp_path / "p.json").read_text())
     module = FairVLMModule.load_from_checkpoint(ckpt, weights_only=True)
-    dm = FairVLMedDataModule(
+    dm = SyntheticFairVLMedDataModule(
         str(synthetic_root),
-        synthetic=True,
         synthetic_kwargs=synthetic_kwargs,
         max_length=32,
         eval_batch_size=48,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel
 
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.encoders import EncoderSpec
 from fairvlm_lightning.module import FairVLMModule
@@ -38,9 +39,8 @@ def _module(root: Path, peft=LORA, lr: float = 1e-2) -> FairVLMModule:
 
 
 def _dm(root: Path, kwargs: dict) -> FairVLMedDataModule:
-    return FairVLMedDataModule(
+    return SyntheticFairVLMedDataModule(
         str(root),
-        synthetic=True,
         synthetic_kwargs=kwargs,
         max_length=32,
         batch_size=16,

@@ -17,8 +17,8 @@ from test_callbacks import N, PairData, Regressor, make_trainer
 from torch.utils.data import DataLoader
 
 from fairvlm_lightning.app.cli import main
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.callbacks import DynamicBadPairMining
-from fairvlm_lightning.data import FairVLMedDataModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
 
@@ -100,16 +100,16 @@ def _rename_one_training_file(root: Path) -> None:
 def test_datamodule_fingerprint_follows_file_names(synthetic_root, synthetic_kwargs, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(synthetic_root, root)
-    dm = FairVLMedDataModule(str(root), synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    dm = SyntheticFairVLMedDataModule(str(root), synthetic_kwargs=synthetic_kwargs)
     with pytest.raises(RuntimeError, match="call setup"):
         dm.train_fingerprint()
     dm.setup("fit")
     before = dm.train_fingerprint()
-    again = FairVLMedDataModule(str(root), synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    again = SyntheticFairVLMedDataModule(str(root), synthetic_kwargs=synthetic_kwargs)
     again.setup("fit")
     assert again.train_fingerprint() == before
     _rename_one_training_file(root)
-    renamed = FairVLMedDataModule(str(root), synthetic=True, synthetic_kwargs=synthetic_kwargs)
+    renamed = SyntheticFairVLMedDataModule(str(root), synthetic_kwargs=synthetic_kwargs)
     renamed.setup("fit")
     assert len(renamed.split_dataset("train")) == len(dm.split_dataset("train"))
     assert renamed.train_fingerprint() != before

@@ -19,6 +19,7 @@ from ddp_utils import run_distributed
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModel, AutoTokenizer, CLIPConfig, CLIPModel
 
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.callbacks import DynamicBadPairMining
 from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.encoders import EncoderSpec
@@ -363,8 +364,8 @@ def _datamodule(root: Path, synthetic_kwargs: dict, **kwargs: Any) -> FairVLMedD
     kwargs.setdefault("batch_size", 16)
     kwargs.setdefault("eval_batch_size", 64)
     # str root: checkpoints then hold only plain hyper-parameters (weights_only loading).
-    return FairVLMedDataModule(
-        str(root), synthetic=True, synthetic_kwargs=synthetic_kwargs, **kwargs
+    return SyntheticFairVLMedDataModule(
+        str(root), synthetic_kwargs=synthetic_kwargs, **kwargs
     )
 
 

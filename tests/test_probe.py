@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from fairvlm_lightning import LinearProbeEvaluation
-from fairvlm_lightning.data import FairVLMedDataModule
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.probe import (
     extract_features,
@@ -32,9 +32,8 @@ def setup(synthetic_root: Path, synthetic_kwargs: dict):
     module = FairVLMModule(
         str(synthetic_root / "tiny_model"), zero_shot=ZeroShotPrompts(max_length=32)
     )
-    dm = FairVLMedDataModule(
+    dm = SyntheticFairVLMedDataModule(
         str(synthetic_root),
-        synthetic=True,
         synthetic_kwargs=synthetic_kwargs,
         max_length=32,
         batch_size=16,
@@ -134,9 +133,8 @@ def test_callback_in_fit_leaves_encoder_unchanged(
     module = FairVLMModule(
         str(synthetic_root / "tiny_model"), zero_shot=ZeroShotPrompts(max_length=32)
     )
-    dm = FairVLMedDataModule(
+    dm = SyntheticFairVLMedDataModule(
         str(synthetic_root),
-        synthetic=True,
         synthetic_kwargs=synthetic_kwargs,
         max_length=32,
         batch_size=16,

@@ -18,8 +18,8 @@ import torch
 from transformers import AutoModel, CLIPConfig
 
 from fairvlm_lightning.app.cli import main
-from fairvlm_lightning.data import FairVLMedDataModule
-from fairvlm_lightning.data.tiny_model import MODEL_PRESETS
+from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
+from fairvlm_lightning.app.synthetic.tiny_model import MODEL_PRESETS
 from fairvlm_lightning.module import FairVLMModule
 
 KWARGS = {
@@ -40,7 +40,8 @@ def test_fairvlmed_config_end_to_end_at_real_size(
     root = tmp_path / "synthetic224"
     args = [
         "--config", "fairvlmed_clip_vitb16",
-        "--data.root", str(root), "--data.synthetic", "true",
+        "--data", "fairvlm_lightning.app.synthetic.SyntheticFairVLMedDataModule",
+        "--data.root", str(root),
         "--data.synthetic_kwargs", json.dumps(KWARGS),
         "--model.model", str(root / "tiny_model"),
         "--model.encoder", json.dumps({"loss": "clip", "peft": LORA}),
@@ -72,7 +73,7 @@ def test_fairvlmed_config_end_to_end_at_real_size(
     main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "hf")])
     exported = AutoModel.from_pretrained(tmp_path / "hf").eval()
     module = FairVLMModule.load_from_checkpoint(ckpt, weights_only=True).eval()
-    dm = FairVLMedDataModule(str(root), synthetic=True, synthetic_kwargs=KWARGS, max_length=77)
+    dm = SyntheticFairVLMedDataModule(str(root), synthetic_kwargs=KWARGS, max_length=77)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():

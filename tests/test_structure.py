@@ -134,7 +134,7 @@ def test_graph_sees_function_local_and_relative_imports(tmp_path: Path) -> None:
 def test_package_import_graph_has_no_cycle() -> None:
     edges, _ = import_graph()
     assert len(edges) > 25  # the walk found the package
-    assert f"{PACKAGE}.data.transforms" in edges[f"{PACKAGE}.data.tiny_model"]
+    assert f"{PACKAGE}.data.transforms" in edges[f"{PACKAGE}.app.synthetic.tiny_model"]
     cycle = find_cycle(edges)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
@@ -147,11 +147,11 @@ def test_package_import_graph_has_no_cycle() -> None:
         ("metrics", "module"),
         ("sinkhorn", "module"),
         ("mining", "callbacks"),
-        ("callbacks", "cli"),
-        ("module", "cli"),
+        ("callbacks", "app"),
+        ("module", "app"),
         ("module", "data"),
         ("callbacks", "data"),
-        ("data", "cli"),
+        ("data", "app"),
         ("module", "callbacks"),  # DBPM's weights arrive through a registered provider
         ("encoders", "module"),
         ("zeroshot", "module"),
@@ -170,6 +170,58 @@ def test_dependencies_point_one_way(low: str, high: str) -> None:
                 todo.append(nxt)
     bad = sorted(m for m in seen if m == f"{PACKAGE}.{high}" or m.startswith(f"{PACKAGE}.{high}."))
     assert not bad, f"{low} reaches {bad}"
+
+
+def _reached(edges: dict[str, set[str]], start: list[str]) -> set[str]:
+    """Every module reachable from ``start`` (``start`` included)."""
+    seen, todo = set(start), list(start)
+    while todo:
+        for nxt in edges[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def _library_units() -> list[str]:
+    """The library's top-level modules and subpackages: everything but ``app``."""
+    names = {p.stem for p in ROOT.glob("*.py") if p.stem != "__init__"}
+    names |= {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    return sorted(names - {"app"})
+
+
+def test_library_units_are_found() -> None:
+    units = _library_units()
+    assert {"data", "metrics", "module", "configs", "schema", "export"} <= set(units)
+    assert "app" not in units
+
+
+@pytest.mark.parametrize("unit", _library_units())
+def test_library_never_reaches_the_application(unit: str) -> None:
+    """No library module imports, even indirectly or inside a function, ``fairvlm_lightning.app``.
+
+    The package's ``__init__`` is part of the library too (its lazy exports name library
+    modules only).
+    """
+    edges, _ = import_graph()
+    app = f"{PACKAGE}.app"
+    assert app in edges and f"{app}.synthetic.fairvlmed" in edges  # the application is there
+    start = [m for m in edges if m == f"{PACKAGE}.{unit}" or m.startswith(f"{PACKAGE}.{unit}.")]
+    assert start, unit
+    bad = sorted(m for m in _reached(edges, start) if m == app or m.startswith(f"{app}."))
+    assert not bad, f"{unit} reaches {bad}"
+
+
+def test_top_level_exports_name_library_modules_only() -> None:
+    import fairvlm_lightning
+
+    exports = vars(fairvlm_lightning)["_EXPORTS"]
+    assert {"ImageTextDataModule", "EncoderSpec", "ZeroShotPrompts"} <= set(exports)
+    assert not {"write_synthetic_fairvlmed", "ensure_synthetic_assets"} & set(exports)
+    assert not [m for m in exports.values() if m.startswith(f"{PACKAGE}.app")]
+    assert set(fairvlm_lightning.__all__) == {"__version__", *exports}
+    for name in exports:  # each lazy export resolves
+        assert getattr(fairvlm_lightning, name) is not None, name
 
 
 def test_schema_imports_nothing() -> None:

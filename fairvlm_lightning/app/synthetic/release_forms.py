@@ -128,7 +128,7 @@ def write_release_form(
 
     Example:
         >>> import tempfile
-        >>> from fairvlm_lightning.data import write_synthetic_fairvlmed
+        >>> from fairvlm_lightning.app.synthetic import write_synthetic_fairvlmed
         >>> src = write_synthetic_fairvlmed(Path(tempfile.mkdtemp()) / "canon",
         ...     sizes={"train": 4, "val": 2, "test": 2}, image_shape=(16, 16))
         >>> dst = write_release_form(src, src.parent / "release", "readme")
