@@ -119,17 +119,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if fabric.global_rank == 0:
             ensure_synthetic_assets(root, **kwargs)
         fabric.barrier()
-        synthetic_kwargs = kwargs
-    else:
-        synthetic_kwargs = {}
     model_name = args.model or str(root / "tiny_model")
-    dm = FairVLMedDataModule(
-        root,
-        model=model_name,
-        synthetic=args.synthetic,
-        synthetic_kwargs=synthetic_kwargs,
-        max_length=args.max_length,
-    )
+    # the library's preset reads the folder (a synthetic one keeps its caches in root/.cache)
+    dm = FairVLMedDataModule(root, model=model_name, max_length=args.max_length)
     if fabric.global_rank == 0:
         dm.prepare_data()  # fill the preprocessing cache once
     fabric.barrier()

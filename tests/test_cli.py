@@ -21,6 +21,7 @@ from transformers import AutoModel, AutoTokenizer
 from fairvlm_lightning.app.cli import FairVLMCLI, dbpm_summary, main
 from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.callbacks import DynamicBadPairMining
+from fairvlm_lightning.data import FairVLMedDataModule
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import CLASS_PROMPTS
 from fairvlm_lightning.tables import fairness_table
@@ -178,6 +179,8 @@ def test_synthetic_configs_build_what_they_say(
     assert isinstance(optimizer, torch.optim.AdamW)
     # the data module reads the tokenizer / processor of the module's model
     assert cli.datamodule.model == str(synthetic_root / "tiny_model")
+    assert isinstance(cli.datamodule, SyntheticFairVLMedDataModule)
+    assert cli.datamodule.cache_dir == synthetic_root / ".cache"
 
 
 def test_missing_synthetic_assets_are_made_before_the_model_is_built(tmp_path: Path) -> None:
@@ -194,6 +197,27 @@ def test_missing_synthetic_assets_are_made_before_the_model_is_built(tmp_path: P
     assert (root / "tiny_model" / "config.json").is_file()
     assert len(list((root / "Training").glob("*.npz"))) == 8
     assert isinstance(cli.model, FairVLMModule)
+
+
+def test_library_data_class_writes_no_assets(synthetic_root: Path, tmp_path: Path) -> None:
+    # the same config with the library's FairVLMedDataModule: nothing is generated
+    root = tmp_path / "fresh"
+    cli = FairVLMCLI(
+        args=[
+            "--config",
+            str(CONFIGS / "synthetic_robust_fair.yaml"),
+            "--data.class_path",
+            "fairvlm_lightning.data.FairVLMedDataModule",
+            "--data.root",
+            str(root),
+            "--model.model",
+            str(synthetic_root / "tiny_model"),
+        ],
+        run=False,
+    )
+    assert type(cli.datamodule) is FairVLMedDataModule
+    assert cli.datamodule.model == str(synthetic_root / "tiny_model")  # from model.model
+    assert not root.exists()
 
 
 def test_help_and_table_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -324,3 +324,45 @@ def test_drop_bad_pairs_needs_the_ground_truth(synthetic_root: Path, tmp_path: P
         module.setup("fit")
     with pytest.raises(TypeError, match="drop_bad_pairs must be a bool"):
         FairVLMedDataModule(root, model=synthetic_root / "tiny_model", drop_bad_pairs="yes")
+
+
+def test_library_preset_takes_the_cache_default_from_the_marker_file(tmp_path: Path) -> None:
+    from fairvlm_lightning.schema import SYNTHETIC_MARKER
+
+    assert FairVLMedDataModule(tmp_path, model="m").cache_dir is None
+    (tmp_path / SYNTHETIC_MARKER).write_text("{}")
+    assert FairVLMedDataModule(tmp_path, model="m").cache_dir == tmp_path / ".cache"
+    assert FairVLMedDataModule(tmp_path, model="m", cache_dir=tmp_path / "c").cache_dir == (
+        tmp_path / "c"
+    )
+
+
+def test_synthetic_module_is_the_library_preset_over_the_twin_it_writes(tmp_path: Path) -> None:
+    """The application's module writes the twin; the library's preset reads the same batches."""
+    from fairvlm_lightning.schema import SYNTHETIC_MARKER
+
+    root = tmp_path / "twin"
+    kwargs = {"sizes": {"train": 12, "val": 6, "test": 6}, "image_shape": (32, 32),
+              "warm_start_steps": 0}  # fmt: skip
+    syn = SyntheticFairVLMedDataModule(root, synthetic_kwargs=kwargs, batch_size=4, seed=1)
+    assert not root.exists()  # nothing is written before prepare_data
+    assert (syn.model, syn.cache_dir) == (str(root / "tiny_model"), root / ".cache")
+    syn.prepare_data()
+    assert (root / SYNTHETIC_MARKER).is_file()  # the file name the library reads
+    assert (root / "tiny_model" / "config.json").is_file()
+    syn.setup("fit")
+    lib = FairVLMedDataModule(root, model=root / "tiny_model", batch_size=4, seed=1)
+    assert lib.cache_dir == root / ".cache"
+    lib.setup("fit")
+    for loader in ("train_dataloader", "val_dataloader"):
+        ours, theirs = next(iter(getattr(syn, loader)())), next(iter(getattr(lib, loader)()))
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), (loader, key)
+    # the same hyper-parameters as the preset's, plus the generator's settings (plain values)
+    hparams = dict(syn.hparams)
+    assert hparams.pop("synthetic_kwargs") == kwargs
+    assert hparams == dict(lib.hparams)
+    assert (hparams["root"], hparams["model"]) == (str(root), str(root / "tiny_model"))
+    with pytest.raises(TypeError, match="synthetic_kwargs must be a dict"):
+        SyntheticFairVLMedDataModule(root, synthetic_kwargs=[("seed", 1)])  # type: ignore[arg-type]
