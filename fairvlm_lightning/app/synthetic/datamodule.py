@@ -25,15 +25,13 @@ class SyntheticFairVLMedDataModule(FairVLMedDataModule):
     In a ``fairvlm`` config: ``data: {class_path:
     fairvlm_lightning.app.synthetic.SyntheticFairVLMedDataModule, init_args: {root: ...}}``; the
     command writes the assets before it builds the module, which loads ``root/"tiny_model"``.
+    The arguments not listed below are :class:`~fairvlm_lightning.data.FairVLMedDataModule`'s.
 
     Args:
         root: folder of the twin (created).
         model: tokenizer and image processor source; default ``root/"tiny_model"``.
         synthetic_kwargs: keyword arguments of ``ensure_synthetic_assets`` (``seed``,
             ``sizes``, ``bad_pair_rate``, ``model_kwargs``, ``warm_start_steps``, ...).
-        batch_size, eval_batch_size, num_workers, image_size, max_length, notes, note_source,
-            split_source, attributes, balance_attribute, seed, cache_check, drop_bad_pairs: as
-            :class:`~fairvlm_lightning.data.FairVLMedDataModule`.
         cache_dir: cache for the Arrow files (default ``root/".cache"``).
 
     Example:
