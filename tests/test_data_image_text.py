@@ -280,7 +280,7 @@ def test_imagefolder_trains_on_2_processes_as_on_1(
 
 
 def test_intersections_are_added_to_every_batch(folder: Path, model: Path, tmp_path: Path) -> None:
-    """``race*sex``-style cells by hand from metadata.csv: site s, sex x -> s * 2 + x, -1 unknown."""
+    """Intersection cells by hand from metadata.csv: site s, sex x -> s * 2 + x, -1 unknown."""
     dm = _dm(folder, model, tmp_path / "i", intersections=[["site", "sex"]])
     assert dm.attribute_groups == {"sex": 2, "site": 3, "site*sex": 6}
     assert dm.group_names["site*sex"][:3] == ("site 0 F", "site 0 M", "site 1 F")
