@@ -236,7 +236,7 @@ data:
 def _fairvlm(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "fairvlm_lightning.cli", *args],
+        [sys.executable, "-m", "fairvlm_lightning.app.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -252,7 +252,7 @@ def test_imagefolder_trains_on_2_processes_as_on_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from fairvlm_lightning.cli import main
+    from fairvlm_lightning.app.cli import main
 
     config = tmp_path / "own.yaml"
     config.write_text(CONFIG.format(model=model, data=folder, cache=tmp_path / "cache"))

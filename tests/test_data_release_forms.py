@@ -195,7 +195,7 @@ def test_fairvlm_fit_trains_on_a_release_form(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from fairvlm_lightning.cli import main
+    from fairvlm_lightning.app.cli import main
 
     monkeypatch.setattr(sys, "argv", ["fairvlm"])
     monkeypatch.chdir(tmp_path)

@@ -731,7 +731,8 @@ class FairVLMCLI(LightningCLI):
         # The data module's processor source defaults to the module's model (both record it as
         # the hyper-parameter ``model``, which Lightning requires to agree when it logs them).
         if data.get("model") is None and model is not None and isinstance(model.get("model"), str):
-            data.model = model.model
+            source = model.model  # a local folder is recorded by its absolute path, as the module
+            data.model = os.path.abspath(source) if os.path.isdir(source) else source
 
     # ----------------------------------------------------------------- reporting
 

@@ -505,7 +505,9 @@ class ImageTextDataModule(LightningDataModule):
         if not isinstance(drop_bad_pairs, bool):
             raise TypeError(f"drop_bad_pairs must be a bool, got {drop_bad_pairs!r}")
         self.drop_bad_pairs = drop_bad_pairs
-        self.model = str(model)
+        # A relative local folder is recorded as its absolute path, as the module records it
+        # (Lightning refuses a hyper-parameter ``model`` that differs between the two).
+        self.model = os.path.abspath(model) if os.path.isdir(model) else str(model)
         for name, v in (("batch_size", batch_size), ("max_length", max_length)):
             if int(v) <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
