@@ -173,6 +173,18 @@ def _check_metrics(metrics: Any) -> dict[str, Any]:
     return out
 
 
+def _with_task(metrics: dict[str, Any], zero_shot: ZeroShotPrompts) -> dict[str, Any]:
+    """The metrics' arguments with the zero-shot task's ``task`` and class or label count."""
+    task = zero_shot.metric_task()
+    for key, value in task.items():
+        if key in metrics and metrics[key] != value:
+            raise ValueError(
+                f"metrics[{key!r}] = {metrics[key]!r} disagrees with the zero-shot prompts "
+                f"({key} {value!r}); leave it out, the prompts set it"
+            )
+    return metrics if zero_shot.task == "binary" else {**metrics, **task}
+
+
 class FairVLMModule(pl.LightningModule):
     r"""Robust (DBPM) and fair (Sinkhorn) contrastive fine-tuning of a Hugging Face dual encoder.
 
@@ -294,7 +306,7 @@ class FairVLMModule(pl.LightningModule):
         fairness = _fairness_term(fairness)
         fairness_weight = _fairness_weight(fairness_weight, fairness)
         zero_shot = ZeroShotPrompts.from_value(zero_shot)
-        metrics = _check_metrics(metrics)
+        metrics = _with_task(_check_metrics(metrics), zero_shot)
         built = spec.build(model)
         # Hyper-parameters: plain values only (checkpoints load with ``weights_only=True``);
         # each component is recorded as the plain values that rebuild it.
@@ -617,8 +629,8 @@ class FairVLMModule(pl.LightningModule):
         self._require(batch, ["pixel_values", "label"], stage)
         groups = self._groups(batch, list(self.metric_attributes), stage)
         image_embeds = self.encoder.encode_image(batch["pixel_values"])
-        probs = self.zero_shot_logits(image_embeds).softmax(dim=-1)
-        metrics.update(probs[:, 1], batch["label"], groups)
+        preds = self.zero_shot.predict(self.zero_shot_logits(image_embeds))
+        metrics.update(preds, batch["label"], groups)
         batch_size = image_embeds.shape[0]
         if "input_ids" in batch:
             text_embeds = self.encoder.encode_text(batch["input_ids"], batch.get("attention_mask"))
@@ -654,14 +666,20 @@ class FairVLMModule(pl.LightningModule):
         """Zero-shot probabilities and embeddings.
 
         Returns:
-            ``probs`` ``(B, C)`` class probabilities, ``score`` ``(B,)`` = P(y=1),
+            ``probs``: ``(B, C)`` class probabilities (binary and multiclass) or ``(B, L)``
+            P(positive) per label (multilabel); ``score`` ``(B,)`` = P(y=1) (binary only);
             ``image_embeds`` ``(B, D)``, ``text_embeds`` when the batch has ``input_ids``, and
             ``index``, ``label`` and the metric attributes passed through when present.
         """
         self._require(batch, ["pixel_values"], "predict")
         image_embeds = self.encoder.encode_image(batch["pixel_values"])
-        probs = self.zero_shot_logits(image_embeds).softmax(dim=-1)
-        out = {"probs": probs, "score": probs[:, 1], "image_embeds": image_embeds.float()}
+        logits = self.zero_shot_logits(image_embeds)
+        out = {"image_embeds": image_embeds.float()}
+        if self.zero_shot.task == "binary":
+            probs = logits.softmax(dim=-1)
+            out.update(probs=probs, score=probs[:, 1])
+        else:
+            out["probs"] = self.zero_shot.predict(logits)
         if "input_ids" in batch:
             out["text_embeds"] = self.encoder.encode_text(
                 batch["input_ids"], batch.get("attention_mask")

@@ -21,7 +21,15 @@ from typing import Any, Literal
 
 from fairvlm_lightning.schema import GROUP_NAMES
 
-__all__ = ["MISSING", "Style", "fairness_table", "format_value", "group_label", "render_table"]
+__all__ = [
+    "MISSING",
+    "Style",
+    "fairness_table",
+    "format_value",
+    "group_label",
+    "per_output_table",
+    "render_table",
+]
 
 #: How a missing or NaN value is written.
 MISSING = "n/a"
@@ -169,3 +177,43 @@ def fairness_table(
         return table
     note = "  (bootstrap intervals in brackets)" if with_ci else ""
     return f"{prefix}: AUC {cell('auc')} | Acc {cell('acc')}{note}\n{table}"
+
+
+def per_output_table(
+    metrics: Mapping[str, Any],
+    attributes: Sequence[str],
+    outputs: Sequence[str],
+    *,
+    kind: Literal["label", "class"] = "label",
+    prefix: str = "test",
+    style: Style = "text",
+) -> str:
+    """AUC and each attribute's ES-AUC per label (multi-label) or class (multi-class).
+
+    Reads the per-output keys of a multi-label or multi-class
+    :class:`~fairvlm_lightning.metrics.FairnessMetrics`: ``"{prefix}/auc_{kind}_{k}"`` and
+    ``"{prefix}/{attr}/es_auc_{kind}_{k}"``.
+
+    Args:
+        metrics: the logged values.
+        attributes: the attributes (and intersections) whose ES-AUC columns are shown.
+        outputs: display name of each label or class, in order.
+        kind: ``"label"`` or ``"class"``.
+        prefix: the stage prefix of the keys.
+        style: ``"text"`` or ``"markdown"``.
+
+    Example:
+        >>> m = {"test/auc_label_0": 0.9, "test/sex/es_auc_label_0": 0.85,
+        ...      "test/auc_label_1": 0.7, "test/sex/es_auc_label_1": 0.6}
+        >>> print(per_output_table(m, ["sex"], ["edema", "effusion"]))
+        label     AUC    sex ES-AUC
+        edema     0.900  0.850
+        effusion  0.700  0.600
+    """
+    header = [kind, "AUC", *(f"{a} ES-AUC" for a in attributes)]
+    rows = [
+        [name, format_value(metrics.get(f"{prefix}/auc_{kind}_{k}")),
+         *(format_value(metrics.get(f"{prefix}/{a}/es_auc_{kind}_{k}")) for a in attributes)]
+        for k, name in enumerate(outputs)
+    ]
+    return render_table(header, rows, style=style)

@@ -278,3 +278,18 @@ def test_imagefolder_trains_on_2_processes_as_on_1(
     for key in floats:
         a, b = ddp[key], ref[key]
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-5), key
+
+
+def test_intersections_are_added_to_every_batch(folder: Path, model: Path, tmp_path: Path) -> None:
+    """Intersection cells by hand from metadata.csv: site s, sex x -> s * 2 + x, -1 unknown."""
+    dm = _dm(folder, model, tmp_path / "i", intersections=[["site", "sex"]])
+    assert dm.attribute_groups == {"sex": 2, "site": 3, "site*sex": 6}
+    assert dm.group_names["site*sex"][:3] == ("site 0 F", "site 0 M", "site 1 F")
+    assert dm.group_names["sex"] == ("F", "M")
+    dm.setup("validate")
+    got = _all(dm.val_dataloader())
+    want = [int(r["site"]) * 2 + SEX[r["sex"]] if r["sex"] else -1
+            for r in _metadata(folder, "validation")]
+    assert got["site*sex"].tolist() == want
+    with pytest.raises(ValueError, match="site"):
+        _dm(folder, model, tmp_path / "j", intersections=[["site", "age"]])

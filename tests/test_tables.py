@@ -66,3 +66,16 @@ def test_text_and_markdown_carry_the_same_cells(ci: bool) -> None:
                                      else f"group {n - 1}")
     for line, row in zip(text[2:], rows, strict=True):  # the text rows hold the same cells
         assert re.split(r"\s{2,}", line)[:-1] == row[:-1]
+
+
+def test_per_output_table_reads_the_per_label_keys() -> None:
+    from fairvlm_lightning.tables import per_output_table
+
+    m = {"test/auc_class_0": 0.91, "test/race*sex/es_auc_class_0": 0.5,
+         "test/auc_class_1": 0.42, "test/race/es_auc_class_1": 0.333}
+    text = per_output_table(m, ["race", "race*sex"], ["normal", "effusion"], kind="class")
+    assert text.splitlines() == [
+        "class     AUC    race ES-AUC  race*sex ES-AUC",
+        "normal    0.910  n/a          0.500",
+        "effusion  0.420  0.333        n/a",
+    ]

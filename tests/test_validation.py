@@ -30,9 +30,11 @@ def test_check_integer_ids_raises_the_callers_type() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bool, torch.complex64])
 def test_callback_rejects_non_integer_group_ids(dtype: torch.dtype) -> None:
+    from fairvlm_lightning.callbacks import _check_group as check_group
+
     cb = DynamicBadPairMining(group_keys=["race"])
     index = torch.arange(4)
     batch = {"race": torch.zeros(4, dtype=dtype), "index": index}
     with pytest.raises(ValueError, match=r"batch\['race'\] must hold integer group ids"):
-        cb._check_group("race", index, batch)
-    cb._check_group("race", index, {"race": torch.zeros(4, dtype=torch.int64)})
+        check_group(cb.group_keys[0], index, batch)
+    check_group("race", index, {"race": torch.zeros(4, dtype=torch.int64)})

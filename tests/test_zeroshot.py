@@ -67,3 +67,26 @@ def test_forms_and_record() -> None:
         ZeroShotPrompts.from_value(["a", "b"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"prompt keys must be class ids"):
         ZeroShotPrompts({"x": "a", 1: "b"})
+
+
+def test_predictions_of_each_task_by_closed_form() -> None:
+    logits = torch.tensor([[0.3, -1.2, 2.0, 0.1], [1.0, 0.5, -0.5, 0.0]])
+    binary = ZeroShotPrompts(["a", "b"])
+    e = logits[:, :2].exp()
+    torch.testing.assert_close(binary.predict(logits[:, :2]), e[:, 1] / e.sum(1))
+    multi = ZeroShotPrompts(["a", "b", "c", "d"], task="multiclass")
+    torch.testing.assert_close(multi.predict(logits), logits.exp() / logits.exp().sum(1, True))
+    labels = ZeroShotPrompts([["no a", "a"], ["no b", ["b", "bb"]]], task="multilabel")
+    # P(positive) of label k = sigmoid(positive logit - negative logit)
+    want = torch.sigmoid(logits[:, [1, 3]] - logits[:, [0, 2]])
+    torch.testing.assert_close(labels.predict(logits), want)
+    assert labels.texts == ["no a", "a", "no b", "b", "bb"] and labels.num_outputs == 2
+    assert labels.metric_task() == {"task": "multilabel", "num_labels": 2}
+    assert multi.metric_task() == {"task": "multiclass", "num_classes": 4}
+    assert ZeroShotPrompts.from_value(labels.to_dict()) == labels
+    with pytest.raises(ValueError, match=r"prompts\[1\] must be a \(negative, positive\) pair"):
+        ZeroShotPrompts([["no a", "a"], "b"], task="multilabel")
+    with pytest.raises(ValueError, match="exactly two classes"):
+        ZeroShotPrompts(["a", "b", "c"])
+    with pytest.raises(ValueError, match="task must be"):
+        ZeroShotPrompts(["a", "b"], task="ordinal")  # type: ignore[arg-type]

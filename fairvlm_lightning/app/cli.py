@@ -56,9 +56,9 @@ import signal
 import sys
 import textwrap
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
@@ -76,9 +76,10 @@ from fairvlm_lightning.atomic import atomic_write_text, file_identity
 from fairvlm_lightning.checkpoints import CheckpointError, check_checkpoint, load_checkpoint
 from fairvlm_lightning.configs import configs_dir, resolve_config, shipped_configs
 from fairvlm_lightning.data import FairVLMedDataModule, ImageTextDataModule
+from fairvlm_lightning.metrics.groups import reported_group_names
 from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import GROUP_NAMES
-from fairvlm_lightning.tables import fairness_table, format_value
+from fairvlm_lightning.tables import fairness_table, format_value, per_output_table
 
 __all__ = [
     "EXIT_SIGTERM",
@@ -242,6 +243,38 @@ def _resolve_config_args(args: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
     return out
+
+
+def _reported_groups(
+    model: Any, datamodule: Any
+) -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
+    """The attributes the module's test metrics report (intersections last), and group names.
+
+    Names come from the data module (``group_names``: its string codes, FairVLMed's names)
+    over FairVLMed's defaults; an intersection's cells join their groups' names.
+    """
+    metrics = getattr(model, "test_metrics", None)
+    base = dict(getattr(metrics, "attributes", None) or getattr(model, "metric_attributes", {}))
+    intersections = list(getattr(metrics, "intersections", None) or [])
+    known: dict[str, Sequence[str]] = dict(GROUP_NAMES)
+    known.update(getattr(datamodule, "group_names", None) or {})
+    names = reported_group_names(base, intersections, known)
+    return {a: len(groups) for a, groups in names.items()}, names
+
+
+def _output_names(
+    model: Any, datamodule: Any
+) -> tuple[Literal["label", "class"], list[str]] | None:
+    """``("label", names)`` for a multi-label task, ``("class", names)`` for multi-class."""
+    metrics = getattr(model, "test_metrics", None)
+    task = getattr(metrics, "task", "binary")
+    if task == "multilabel":
+        columns = list(getattr(datamodule, "label_columns", ()) or ())
+        count = int(getattr(metrics, "num_labels", 0) or 0)
+        return "label", columns if len(columns) == count else [f"label {k}" for k in range(count)]
+    if task == "multiclass":
+        return "class", [f"class {k}" for k in range(int(getattr(metrics, "num_classes", 0)))]
+    return None
 
 
 def _split_own_args(args: list[str], parser: ArgumentParser) -> tuple[list[str], list[str]]:
@@ -713,7 +746,8 @@ class FairVLMCLI(LightningCLI):
         # The data module's processor source defaults to the module's model (both record it as
         # the hyper-parameter ``model``, which Lightning requires to agree when it logs them).
         if data.get("model") is None and model is not None and isinstance(model.get("model"), str):
-            data.model = model.model
+            source = model.model  # a local folder is recorded by its absolute path, as the module
+            data.model = os.path.abspath(source) if os.path.isdir(source) else source
 
     # ----------------------------------------------------------------- reporting
 
@@ -731,7 +765,7 @@ class FairVLMCLI(LightningCLI):
     ) -> None:
         if not self._cfg().get("print_table", True):
             return
-        attributes = getattr(self.model, "metric_attributes", {})
+        attributes, _ = _reported_groups(self.model, self.datamodule)
         values = {k: _value(metrics, k) for k in metrics if k.startswith(f"{stage}/")}
         self.test_results = values
         # On every rank: ``Trainer.log_dir`` broadcasts rank 0's folder under DDP, so asking for
@@ -782,7 +816,12 @@ class FairVLMCLI(LightningCLI):
     ) -> None:
         trainer = self.trainer
         print()
-        print(fairness_table(values, attributes, prefix=stage))
+        _, names = _reported_groups(self.model, self.datamodule)
+        print(fairness_table(values, attributes, prefix=stage, group_names=names))
+        outputs = _output_names(self.model, self.datamodule)
+        if outputs is not None:
+            print(per_output_table(values, list(attributes), outputs[1], kind=outputs[0],
+                                   prefix=stage))
         dbpm = dbpm_summary(train)
         if dbpm:
             print(dbpm)

@@ -34,10 +34,18 @@ from fairvlm_lightning.data.sampling import (
     UnpaddedDistributedSampler,
 )
 from fairvlm_lightning.data.transforms import ImageTransform
+from fairvlm_lightning.metrics.groups import (
+    Intersection,
+    add_intersection_groups,
+    expand_attributes,
+    parse_intersections,
+    reported_group_names,
+)
 from fairvlm_lightning.schema import (
     ATTRIBUTE_GROUPS,
     ATTRIBUTES,
     BAD_PAIR_FIELD,
+    GROUP_NAMES,
     NOTES_FILENAMES,
     OPTIONAL_ATTRIBUTE_GROUPS,
     SYNTHETIC_MARKER,
@@ -162,8 +170,15 @@ class _SplitDataset(Dataset):
 class _Collate:
     """Stack rows (or take a pre-batched dict) and turn uint8 pixels into ``pixel_values``."""
 
-    def __init__(self, transform: ImageTransform) -> None:
+    def __init__(
+        self,
+        transform: ImageTransform,
+        attributes: Mapping[str, int] | None = None,
+        intersections: Sequence[tuple[str, ...]] = (),
+    ) -> None:
         self.transform = transform
+        self.attributes = dict(attributes or {})
+        self.intersections = list(intersections)
 
     def __call__(
         self, batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]]
@@ -174,6 +189,8 @@ class _Collate:
         out["pixel_values"] = self.transform.normalize(out.pop("pixels"))
         if BAD_PAIR_FIELD in out:
             out[BAD_PAIR_FIELD] = out[BAD_PAIR_FIELD].to(torch.bool)
+        if self.intersections:
+            out = add_intersection_groups(out, self.attributes, self.intersections)
         return out
 
 
@@ -359,6 +376,10 @@ class ImageTextDataModule(LightningDataModule):
         seed: seed of the training order; ``None`` takes ``PL_GLOBAL_SEED``, else 0.
         cache_dir: ``datasets`` cache folder for ``load_dataset`` (default its own).
         drop_bad_pairs: train without the rows whose ``truth_column`` is true.
+        intersections: intersectional groups added to every batch, e.g. ``[["race", "sex"]]``
+            (or ``["race*sex"]``): a key ``"race*sex"`` whose cell of (race r, sex s) is
+            ``r * n_sex + s`` (``-1`` where either is unknown), usable by the metrics, the
+            Sinkhorn term and DBPM like any attribute.
 
     Example:
         >>> import tempfile
@@ -404,6 +425,7 @@ class ImageTextDataModule(LightningDataModule):
         seed: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         drop_bad_pairs: bool = False,
+        intersections: Sequence[Intersection] | None = None,
     ) -> None:
         super().__init__()
         if model is None:
@@ -423,6 +445,7 @@ class ImageTextDataModule(LightningDataModule):
             seed=seed,
             cache_dir=cache_dir,
             drop_bad_pairs=drop_bad_pairs,
+            intersections=intersections,
         )
         self.source = dataset
         self.image_column, self.text_column = str(image_column), str(text_column)
@@ -476,12 +499,15 @@ class ImageTextDataModule(LightningDataModule):
         seed: int | None,
         cache_dir: str | os.PathLike[str] | None,
         drop_bad_pairs: bool,
+        intersections: Sequence[Intersection] | None = None,
     ) -> None:
         """Check and store the settings every image-text data module shares."""
         if not isinstance(drop_bad_pairs, bool):
             raise TypeError(f"drop_bad_pairs must be a bool, got {drop_bad_pairs!r}")
         self.drop_bad_pairs = drop_bad_pairs
-        self.model = str(model)
+        # A relative local folder is recorded as its absolute path, as the module records it
+        # (Lightning refuses a hyper-parameter ``model`` that differs between the two).
+        self.model = os.path.abspath(model) if os.path.isdir(model) else str(model)
         for name, v in (("batch_size", batch_size), ("max_length", max_length)):
             if int(v) <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
@@ -490,6 +516,7 @@ class ImageTextDataModule(LightningDataModule):
         if int(num_workers) < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self._attribute_groups = dict(attribute_groups)
+        self.intersections = parse_intersections(intersections, self._attribute_groups)
         if balance_attribute is not None and balance_attribute not in self._attribute_groups:
             raise ValueError(
                 f"balance_attribute {balance_attribute!r} unknown; "
@@ -518,8 +545,24 @@ class ImageTextDataModule(LightningDataModule):
 
     @property
     def attribute_groups(self) -> dict[str, int]:
-        """``{attribute: number of groups}`` for the configured attributes."""
-        return dict(self._attribute_groups)
+        """``{attribute: number of groups}``: the attributes, then each intersection's cells."""
+        return expand_attributes(self._attribute_groups, self.intersections)
+
+    def _display_names(self) -> dict[str, Sequence[str]]:
+        """Display names of the groups of the configured attributes (codes where none)."""
+        names: dict[str, Sequence[str]] = {}
+        for attribute, mapping in getattr(self, "attribute_maps", {}).items():
+            if mapping:
+                by_code = {code: str(value) for value, code in mapping.items()}
+                names[attribute] = [by_code.get(g, f"group {g}") for g in range(len(by_code))]
+        return names
+
+    @property
+    def group_names(self) -> dict[str, tuple[str, ...]]:
+        """Display names of every group of :attr:`attribute_groups` (``"Black Female"``)."""
+        return reported_group_names(
+            self._attribute_groups, self.intersections, self._display_names()
+        )
 
     def _load_processors(self) -> None:
         if self.tokenizer is not None:
@@ -860,7 +903,7 @@ class ImageTextDataModule(LightningDataModule):
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=_Collate(self.image_transform),
+            collate_fn=_Collate(self.image_transform, self._attribute_groups, self.intersections),
             persistent_workers=self.num_workers > 0,
             pin_memory=self._pin_memory(),
         )
@@ -952,6 +995,8 @@ class FairVLMedDataModule(ImageTextDataModule):
             twin's ground truth): the clean-data *oracle* of ``fairvlm benchmark``. The kept
             training pairs are re-indexed ``0..n-1`` in file order; val/test are unchanged. An
             error when the training split has no ``is_bad_pair`` field.
+        intersections: intersectional groups added to every batch, e.g. ``[["race",
+            "gender"]]``: a key ``"race*gender"`` (see :class:`ImageTextDataModule`).
 
     The training loader is a :class:`~fairvlm_lightning.data.sampling.ResumableDataLoader`:
     Lightning saves its position in the epoch in every checkpoint, so a run resumed from a
@@ -992,6 +1037,7 @@ class FairVLMedDataModule(ImageTextDataModule):
         cache_dir: str | os.PathLike[str] | None = None,
         cache_check: Literal["stat", "content"] = "stat",
         drop_bad_pairs: bool = False,
+        intersections: Sequence[Intersection] | None = None,
     ) -> None:
         # Not ImageTextDataModule.__init__ (its hyper-parameters are not this preset's).
         LightningDataModule.__init__(self)
@@ -1035,6 +1081,7 @@ class FairVLMedDataModule(ImageTextDataModule):
             seed=seed,
             cache_dir=cache,
             drop_bad_pairs=drop_bad_pairs,
+            intersections=intersections,
         )
         self.notes = notes
         self.balance_attribute = balance_attribute
@@ -1047,6 +1094,9 @@ class FairVLMedDataModule(ImageTextDataModule):
 
     fingerprint_tag = "fairvlmed-train"
     key_column = "filename"
+
+    def _display_names(self) -> dict[str, Sequence[str]]:
+        return {a: GROUP_NAMES[a] for a in self._attribute_groups if a in GROUP_NAMES}
 
     def _where(self) -> str:
         return str(self.root)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from fairvlm_lightning.app.synthetic.fairvlmed import ensure_synthetic_assets
 from fairvlm_lightning.data.datamodule import FairVLMedDataModule
+from fairvlm_lightning.metrics.groups import Intersection
 from fairvlm_lightning.schema import ATTRIBUTES, NOTES_FILENAMES
 
 __all__ = ["SyntheticFairVLMedDataModule"]
@@ -65,6 +66,7 @@ class SyntheticFairVLMedDataModule(FairVLMedDataModule):
         cache_dir: str | os.PathLike[str] | None = None,
         cache_check: Literal["stat", "content"] = "stat",
         drop_bad_pairs: bool = False,
+        intersections: Sequence[Intersection] | None = None,
     ) -> None:
         if synthetic_kwargs is not None and not isinstance(synthetic_kwargs, dict):
             raise TypeError(
@@ -92,6 +94,7 @@ class SyntheticFairVLMedDataModule(FairVLMedDataModule):
             cache_dir=cache_dir if cache_dir is not None else Path(root) / ".cache",
             cache_check=cache_check,
             drop_bad_pairs=drop_bad_pairs,
+            intersections=intersections,
         )
         self.synthetic_kwargs = dict(synthetic_kwargs or {})
 
