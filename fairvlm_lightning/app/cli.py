@@ -5,8 +5,9 @@ best checkpoint and prints a per-attribute fairness table; ``validate``, ``test`
 ``predict`` work as in any ``LightningCLI``. What the command adds to a plain ``LightningCLI``:
 
 * before anything is built, with ``data: {class_path:
-  fairvlm_lightning.app.synthetic.SyntheticFairVLMedDataModule, ...}``, the synthetic FairVLMed
-  twin and its tiny dual encoder are written under ``data.root`` when missing
+  fairvlm_lightning.app.synthetic.SyntheticFairVLMedDataModule, ...}`` (any data class with an
+  ``ensure_assets(init_args)`` static method), the synthetic FairVLMed twin and its tiny dual
+  encoder are written under ``data.root`` when missing
   (:func:`fairvlm_lightning.app.synthetic.ensure_synthetic_assets`), so a config can name
   ``<root>/tiny_model`` as the model on a fresh machine, offline;
 * ``data.max_length`` is linked to ``model.zero_shot.max_length`` (prompts padded like the notes)
@@ -68,8 +69,6 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fairvlm_lightning.app.synthetic import (
-    SyntheticFairVLMedDataModule,
-    ensure_synthetic_assets,
     expand_cache_path,
 )
 from fairvlm_lightning.atomic import atomic_write_text, file_identity
@@ -424,17 +423,17 @@ def _data_init_args(data: Any) -> Any:
     return data.get("init_args") if data is not None and "class_path" in data else data
 
 
-def _is_synthetic_data(data: Any) -> bool:
-    """Whether a ``data:`` node's ``class_path`` is a :class:`SyntheticFairVLMedDataModule`."""
+def _data_class(data: Any) -> type | None:
+    """The class named by a ``data:`` node's ``class_path`` (``None`` without one)."""
     class_path = data.get("class_path") if data is not None and "class_path" in data else None
     if not class_path:
-        return False
+        return None
     module, _, name = str(class_path).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        return False  # jsonargparse has already refused a class path it cannot import
-    return isinstance(cls, type) and issubclass(cls, SyntheticFairVLMedDataModule)
+        return None  # jsonargparse has already refused a class path it cannot import
+    return cls if isinstance(cls, type) else None
 
 
 def _resolve_seeds(cfg: Any) -> dict[str, Any]:
@@ -740,9 +739,11 @@ class FairVLMCLI(LightningCLI):
         if data is None:
             return
         self.seeds = _resolve_seeds(cfg)
-        if _is_synthetic_data(cfg.get("data")):
-            kwargs = dict(data.get("synthetic_kwargs") or {})
-            ensure_synthetic_assets(data.root, **kwargs)
+        # A data class that generates its data (SyntheticFairVLMedDataModule) writes it, and
+        # the model the module loads, through its ``ensure_assets(init_args)`` hook.
+        ensure_assets = getattr(_data_class(cfg.get("data")), "ensure_assets", None)
+        if callable(ensure_assets):
+            ensure_assets(data)
         # The data module's processor source defaults to the module's model (both record it as
         # the hyper-parameter ``model``, which Lightning requires to agree when it logs them).
         if data.get("model") is None and model is not None and isinstance(model.get("model"), str):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +97,15 @@ class SyntheticFairVLMedDataModule(FairVLMedDataModule):
             intersections=intersections,
         )
         self.synthetic_kwargs = dict(synthetic_kwargs or {})
+
+    @staticmethod
+    def ensure_assets(init_args: Mapping[str, Any]) -> None:
+        """Write the twin and its tiny model for these data arguments (before the model loads).
+
+        The ``fairvlm`` command calls it with the config's ``data.init_args`` before it builds
+        the module, which loads ``root/"tiny_model"``.
+        """
+        ensure_synthetic_assets(init_args["root"], **dict(init_args.get("synthetic_kwargs") or {}))
 
     def _prepare_source(self) -> None:
         ensure_synthetic_assets(self.root, **self.synthetic_kwargs)
