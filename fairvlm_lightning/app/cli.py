@@ -102,7 +102,9 @@ def _value(metrics: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
-def dbpm_summary(metrics: Mapping[str, Any]) -> str:
+def dbpm_summary(
+    metrics: Mapping[str, Any], group_names: Mapping[str, Sequence[str]] | None = None
+) -> str:
     """One line on Dynamic Bad Pair Mining's last training epoch, from the callback's logs.
 
     Reads only the ``dbpm/*`` logs of :class:`~fairvlm_lightning.callbacks.DynamicBadPairMining`:
@@ -110,6 +112,11 @@ def dbpm_summary(metrics: Mapping[str, Any]) -> str:
     synthetic twin's ``is_bad_pair``), ``dbpm/num_flagged_bad``, ``dbpm/num_bad``,
     ``dbpm/precision``, ``dbpm/recall`` and the per-group ``dbpm/race/recall_group_{g}`` and
     ``dbpm/race/precision_group_{g}`` (for each attribute logged). Empty without DBPM.
+
+    Args:
+        metrics: the logged values.
+        group_names: attribute → display names of its groups (default FairVLMed's); the
+            per-group part covers these attributes.
 
     Example:
         >>> print(dbpm_summary({"dbpm/num_faulty": 12.0, "dbpm/num_noisy": 3.0,
@@ -132,7 +139,7 @@ def dbpm_summary(metrics: Mapping[str, Any]) -> str:
         f"{format_value(metrics.get('dbpm/precision'))}, recall "
         f"{format_value(metrics.get('dbpm/recall'))} of {bad:.0f})"
     )
-    for attr, names in GROUP_NAMES.items():
+    for attr, names in (GROUP_NAMES if group_names is None else group_names).items():
         parts = []
         for g, name in enumerate(names):
             recall = _value(metrics, f"dbpm/{attr}/recall_group_{g}")
@@ -823,7 +830,7 @@ class FairVLMCLI(LightningCLI):
         if outputs is not None:
             print(per_output_table(values, list(attributes), outputs[1], kind=outputs[0],
                                    prefix=stage))
-        dbpm = dbpm_summary(train)
+        dbpm = dbpm_summary(train, names)
         if dbpm:
             print(dbpm)
         if isinstance(self.model, torch.nn.Module):

@@ -5,7 +5,8 @@ the FairVLMed twin in the dataset's on-disk layout, :mod:`~fairvlm_lightning.app
 multi-label chest X-ray twin, :mod:`~fairvlm_lightning.app.synthetic.tiny_model` tiny CLIP dual
 encoders with locally trained tokenizers, :mod:`~fairvlm_lightning.app.synthetic.release_forms`
 the twin in the other published forms of FairVLMed, and
-:class:`SyntheticFairVLMedDataModule` the twin as a data module.
+:class:`SyntheticFairVLMedDataModule` and :class:`SyntheticCXRDataModule` the twins as data
+modules.
 
 Example:
     >>> from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
@@ -18,6 +19,7 @@ from fairvlm_lightning.app.synthetic.cxr import (
     synthetic_cxr_settings,
     write_synthetic_cxr,
 )
+from fairvlm_lightning.app.synthetic.cxr_data import SyntheticCXRDataModule
 from fairvlm_lightning.app.synthetic.datamodule import SyntheticFairVLMedDataModule
 from fairvlm_lightning.app.synthetic.fairvlmed import (
     CACHE_ENV,
@@ -44,6 +46,7 @@ __all__ = [
     "MODEL_PRESETS",
     "RELEASE_FORMS",
     "SPECIAL_TOKENS",
+    "SyntheticCXRDataModule",
     "SyntheticFairVLMedDataModule",
     "build_tiny_dual_encoder",
     "cache_dir",
