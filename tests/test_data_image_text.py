@@ -219,8 +219,12 @@ trainer:
       init_args: {{monitor: val/auc, mode: max}}
 model:
   model: {model}
-  prompts: {{0: "a dark empty field", 1: "a bright round spot"}}
-  metric_attributes: {{sex: 2, site: 3}}
+  zero_shot:
+    prompts: ["a dark empty field", "a bright round spot"]
+  metrics:
+    attributes: {{sex: 2, site: 3}}
+  fairness:
+    class_path: fairvlm_lightning.sinkhorn.SinkhornFairnessLoss
   fairness_attributes: [sex]
   fairness_weight: 0.1
 data:
