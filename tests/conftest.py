@@ -40,6 +40,6 @@ def synthetic_root(
     return ensure_synthetic_assets(root, **synthetic_kwargs)
 
 # A helper module, not a test module. Collected for doctests (--doctest-modules), it made the
-# CLI runs of tests/test_bad_inputs_cli.py ignore --trainer.limit_train_batches in a full run
+# CLI runs of tests/app/test_bad_inputs_cli.py ignore --trainer.limit_train_batches in a full run
 # (seen, cause not found; not when test_metrics_harness.py imports it as usual).
 collect_ignore = ["metric_harness.py"]

@@ -130,7 +130,7 @@ _CDR_STD = 0.10
 # Appearance by race: (brightness offset, contrast, noise std, cup visibility) on a [0, 1]
 # intensity scale; visibility scales the cup's brightness over the rim (a paler, less distinct cup
 # is harder to measure: a pixel-level logistic regression reaches AUC ~0.86 on White and ~0.70
-# on Asian and Black patients, see tests/test_data_synthetic.py).
+# on Asian and Black patients, see tests/app/synthetic/test_data_synthetic.py).
 _APPEARANCE = {
     0: (-0.03, 0.70, 0.13, 0.30),
     1: (-0.10, 0.55, 0.17, 0.20),

@@ -10,7 +10,7 @@ import pytest
 from fairvlm_lightning.app.benchmark import config_settings, config_value, render_markdown
 from fairvlm_lightning.configs import shipped_configs
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = sorted([DOCS / "results.md", *(DOCS / "results").glob("*.md")])
 SHIPPED = {Path(p).stem for p in shipped_configs()}
 

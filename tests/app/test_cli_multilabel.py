@@ -1,9 +1,9 @@
 """`fairvlm fit --config synthetic_cxr` at a tiny size: a multi-label task with an intersection
 runs through the data module, the module, DBPM, the Sinkhorn term, the metrics and the table.
 
-The values themselves are checked against scikit-learn in tests/test_metrics_multitask.py; here
-the wiring: the printed per-finding rows are the metrics JSON's values, the intersection has the
-data's 8 named cells.
+The values themselves are checked against scikit-learn in
+tests/metrics/test_metrics_multitask.py; here the wiring: the printed per-finding rows are the
+metrics JSON's values, the intersection has the data's 8 named cells.
 """
 
 from __future__ import annotations

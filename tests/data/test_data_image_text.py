@@ -26,7 +26,7 @@ from PIL import Image
 from fairvlm_lightning.app.synthetic import build_tiny_dual_encoder
 from fairvlm_lightning.data import ImageTextDataModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEX = {"F": 0, "M": 1}
 SIZES = {"train": 40, "validation": 16, "test": 16}
 TEXTS = ("a bright round spot", "a dark empty field")

@@ -20,7 +20,7 @@ from fairvlm_lightning.app.cli import main
 from fairvlm_lightning.app.synthetic import SyntheticFairVLMedDataModule
 from fairvlm_lightning.callbacks import DynamicBadPairMining
 
-CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "fairvlm_lightning" / "configs"
 
 
 class PairDataModule(L.LightningDataModule):

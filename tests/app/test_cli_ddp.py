@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from synthetic_args import synthetic_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _fairvlm(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -29,9 +29,9 @@ from synthetic_args import synthetic_overrides
 
 from fairvlm_lightning.app.cli import FairVLMCLI, claim_version, main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "fairvlm_lightning" / "configs"
 SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml"))
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

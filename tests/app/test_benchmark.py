@@ -17,7 +17,7 @@ from synthetic_args import synthetic_overrides
 from fairvlm_lightning.app.benchmark import paired_t_interval, summarise, verdict
 from fairvlm_lightning.app.cli import FairVLMCLI, main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "fairvlm_lightning" / "configs"
 
 
 @pytest.fixture(autouse=True)

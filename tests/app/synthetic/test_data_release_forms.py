@@ -197,7 +197,7 @@ def test_fairvlm_fit_trains_on_a_release_form(
 
     monkeypatch.setattr(sys, "argv", ["fairvlm"])
     monkeypatch.chdir(tmp_path)
-    config = Path(__file__).resolve().parents[1] / "fairvlm_lightning/configs/synthetic_clip.yaml"
+    config = Path(__file__).resolve().parents[3] / "fairvlm_lightning/configs/synthetic_clip.yaml"
     main(
         [
             "fit",

@@ -30,7 +30,7 @@ from fairvlm_lightning.mining import (
 )
 from fairvlm_lightning.mining.scoring import auroc, export_flagged, truth_metrics
 
-CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "fairvlm_lightning" / "configs"
 
 
 def _sklearn_mixture(x: np.ndarray) -> GaussianMixture:

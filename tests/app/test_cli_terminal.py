@@ -23,7 +23,7 @@ from synthetic_args import synthetic_overrides
 
 from fairvlm_lightning.app.cli import FairVLMCLI, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "fairvlm_lightning" / "configs"
 
 # The summary block and the table: the only lines besides the progress bar.

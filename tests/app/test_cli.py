@@ -26,8 +26,8 @@ from fairvlm_lightning.module import FairVLMModule
 from fairvlm_lightning.schema import CLASS_PROMPTS
 from fairvlm_lightning.tables import fairness_table
 
-CONFIGS = Path(__file__).resolve().parents[1] / "fairvlm_lightning" / "configs"
-# The FairVLMed-twin configs (synthetic_cxr runs on the chest-X-ray twin: tests/test_cli_multilabel.py).
+CONFIGS = Path(__file__).resolve().parents[2] / "fairvlm_lightning" / "configs"
+# The FairVLMed-twin configs (synthetic_cxr: tests/app/test_cli_multilabel.py).
 SYNTHETIC = sorted(p.name for p in CONFIGS.glob("synthetic_*.yaml") if p.stem != "synthetic_cxr")
 
 
