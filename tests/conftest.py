@@ -39,7 +39,7 @@ def synthetic_root(
     root = tmp_path_factory.mktemp("synthetic_fairvlmed")
     return ensure_synthetic_assets(root, **synthetic_kwargs)
 
-# A helper module, not a test module. Collected for doctests (--doctest-modules), it made the
-# CLI runs of tests/app/test_bad_inputs_cli.py ignore --trainer.limit_train_batches in a full run
-# (seen, cause not found; not when test_metrics_harness.py imports it as usual).
+# A helper module, not a test module: not collected (for doctests) on its own, only imported by
+# the metric tests. Collecting it made the CLI runs of app/test_bad_inputs_cli.py ignore
+# --trainer.limit_train_batches in a full run.
 collect_ignore = ["metric_harness.py"]

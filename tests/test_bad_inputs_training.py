@@ -1,9 +1,9 @@
-"""Bad-input matrix of the training components (issue 11, items 4 and 7): losses, metrics, module.
+"""Bad-input matrix of the training components: losses, metrics, module.
 
 One place per component so the matrix can be read: data loading is in
-``test_bad_inputs_data.py``, the command (checkpoints, run folders, resume) in
-``test_bad_inputs_cli.py``. Every case here failed before the fix (silently wrong values, or an
-error blaming the wrong thing).
+``data/test_bad_inputs_data.py``, the command (checkpoints, run folders, resume) in
+``app/test_bad_inputs_cli.py``. Each case expects a clear error naming the problem, never a
+silently wrong value or an error that blames something else.
 """
 
 from __future__ import annotations
@@ -215,8 +215,8 @@ def test_missing_relative_model_folder_says_which_and_from_where(
 
 
 def test_group_id_above_the_declared_count_is_refused_in_training() -> None:
-    """Race 7 of 3 groups used to become an extra Sinkhorn group ``race/7`` in training (only
-    the evaluation rejected it); now the step stops, naming attribute, value, range and pairs."""
+    """Race 7 of 3 groups stops the training step (it must not become an extra Sinkhorn group
+    ``race/7``), naming the attribute, the value, the range and the pairs."""
     module = FairVLMModule(
         _config(),
         fairness=SinkhornFairnessLoss(),

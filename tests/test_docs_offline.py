@@ -114,7 +114,7 @@ def test_tex_becomes_mathml_with_the_structure_of_the_formula() -> None:
     assert [("".join(c.itertext())) for c in under_over] == ["∑", "i=1", "B"]
     assert root.get("alttext") == r"\frac{1}{B}\sum_{i=1}^{B} w_i"
 
-    # text-mode escapes are resolved (the old site showed "max\_weight")
+    # text-mode escapes are resolved ("max\_weight" shows as max_weight)
     text = ET.fromstring(hooks.tex_to_mathml(r"\min(1, \texttt{max\_weight})", display=False))
     assert [t.text for t in text.iter(MATHML + "mtext")] == ["max_weight"]
     # | is ordinary as in TeX: no operator space, no stretching

@@ -401,8 +401,8 @@ def test_truncated_or_empty_checkpoint_is_named_by_every_command(
 def test_failed_resume_leaves_no_empty_run_folder(
     synthetic_root: Path, synthetic_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Item 9: a resume that fails once the run folder is claimed (a readable file that is no
-    Lightning checkpoint) used to leave ``version_N`` behind with nothing in it."""
+    """A resume that fails once the run folder is claimed (a readable file that is no Lightning
+    checkpoint) leaves no empty ``version_N`` behind."""
     monkeypatch.chdir(tmp_path)
     not_lightning = tmp_path / "weights.ckpt"
     torch.save({"weights": torch.ones(2)}, not_lightning)

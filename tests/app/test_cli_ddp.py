@@ -1,9 +1,8 @@
-"""`fairvlm fit` under DDP (issue 19 item 5): two CPU processes (gloo) through the real command.
+"""`fairvlm fit` under DDP: two CPU processes (gloo) through the real command.
 
-The command used to train, print the table and then die on rank 0 in the summary
-(``Trainer.log_dir`` is a collective call, made from a rank-0-only function), so
-``test_metrics.json`` was never written, after about 30 ``sync_dist`` warnings. The reference is
-the one-process ``fairvlm test`` of the same checkpoint.
+The run must finish on every rank, print the table and the summary once, and write
+``test_metrics.json`` (``Trainer.log_dir`` is a collective call, so the summary must not ask for it
+from rank 0 alone). The reference is the one-process ``fairvlm test`` of the same checkpoint.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def test_pareto_front_is_drawn_and_in_the_legend() -> None:
     fig.canvas.draw()
     (ax,) = fig.axes
     front = front_by_brute_force([(p["auc"], p["es_auc"]) for p in points])
-    assert front == [(0.870, 0.798)]  # one point dominates all: the old plot drew no front
+    assert front == [(0.870, 0.798)]  # one point dominates all: the front is that point
     front_px = ax.transData.transform(front)
     lines = [ln for ln in ax.get_lines() if ln.get_visible() and len(ln.get_xdata()) >= 3]
     assert lines, "no front line"
