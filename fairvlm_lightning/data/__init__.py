@@ -7,6 +7,7 @@ from fairvlm_lightning.data.datamodule import (
     SOURCE_SPLITS,
     FairVLMedDataModule,
     ImageTextDataModule,
+    PairDataModule,
 )
 from fairvlm_lightning.data.fairvlmed import (
     ATTRIBUTE_GROUPS,
@@ -36,6 +37,7 @@ __all__ = [
     "GroupBalancedSampler",
     "ImageTextDataModule",
     "ImageTransform",
+    "PairDataModule",
     "ResumableDataLoader",
     "UnpaddedDistributedSampler",
     "load_fairvlmed",

@@ -51,7 +51,13 @@ from fairvlm_lightning.schema import (
     SYNTHETIC_MARKER,
 )
 
-__all__ = ["SOURCE_SPLITS", "FairVLMedDataModule", "ImageTextDataModule", "ImageTransform"]
+__all__ = [
+    "SOURCE_SPLITS",
+    "FairVLMedDataModule",
+    "ImageTextDataModule",
+    "ImageTransform",
+    "PairDataModule",
+]
 
 _PREPROCESS_VERSION = "fairvlm-preprocess-v1"
 _STAGE_SPLITS = {
@@ -322,167 +328,207 @@ def _resize_all(transform: ImageTransform, images: Sequence[np.ndarray]) -> np.n
     return out
 
 
-class ImageTextDataModule(LightningDataModule):
-    """Any image-text dataset readable by Hugging Face ``datasets``, as batches for a dual encoder.
+def _label_settings(
+    label_column: str | Sequence[str], num_classes: int | None
+) -> tuple[tuple[str, ...], bool, int | None]:
+    """``(label columns, multi-label?, number of classes)`` of the label arguments, checked."""
+    if isinstance(label_column, str):
+        columns: tuple[str, ...] = (label_column,)
+        multi_label = False
+    else:
+        columns = tuple(str(c) for c in label_column)
+        multi_label = True
+        if not columns:
+            raise ValueError("label_column: an empty list of columns")
+    if num_classes is not None and (multi_label or int(num_classes) < 2):
+        raise ValueError(
+            f"num_classes must be >= 2 and only with a single label column, got {num_classes}"
+        )
+    return columns, multi_label, int(num_classes) if num_classes is not None else None
 
-    The source (``dataset``) is a ``datasets.DatasetDict``, a folder written by
-    ``DatasetDict.save_to_disk``, a local folder ``load_dataset`` reads (an ``imagefolder`` with
-    ``metadata.csv``/``metadata.jsonl``, Parquet/CSV/JSON files), a builder name with
-    ``data_files`` (e.g. ``"parquet"``), or a Hub dataset name (passed to ``load_dataset`` as is).
-    Its splits ``train``/``training``, ``validation``/``val``/``valid``/``dev`` and
-    ``test``/``testing`` (:data:`SOURCE_SPLITS`) become the module's train, val and test splits.
 
-    Each row is made a training pair once per split and cached by ``datasets``: the image is
-    converted to uint8 grey by the rule of :func:`~fairvlm_lightning.data.to_grey_uint8`, resized
-    and centre-cropped as the model's image processor, the text tokenised to ``max_length``.
-    Batches are those of :class:`FairVLMedDataModule`: ``pixel_values`` (B, 3, H, W) float32,
-    ``input_ids`` and ``attention_mask`` (B, ``max_length``), ``index`` (B,) long (the row's
-    position in its split, stable: Dynamic Bad Pair Mining keys on it), ``label`` (B,) long —
-    or (B, L) long 0/1 when ``label_column`` names L columns — one (B,) long per attribute
-    (``-1`` = unknown) and ``is_bad_pair`` (B,) bool when ``truth_column`` is given. Training
-    order, group-balanced sampling, resumable loading and unpadded DDP evaluation are those of
-    :class:`FairVLMedDataModule`.
+def _drop_unknown_names(
+    drop_unknown: bool | Sequence[str], groups: Mapping[str, int]
+) -> tuple[str, ...]:
+    """The attributes whose unknown val/test rows are dropped (``True``: all of ``groups``)."""
+    if isinstance(drop_unknown, bool):
+        return tuple(groups) if drop_unknown else ()
+    names = (drop_unknown,) if isinstance(drop_unknown, str) else tuple(drop_unknown)
+    bad = [a for a in names if a not in groups]
+    if bad:
+        raise ValueError(f"drop_unknown names {bad}, not among the attributes {list(groups)}")
+    return names
 
-    Attributes are columns of the source, given as ``{column: spec}``: an ``int`` ``n`` when the
-    column holds the codes ``0..n-1`` (``-1`` or missing = unknown); a mapping ``{value: code}``
-    or a list of values (code = position) when it holds strings (a missing value is unknown, a
-    value outside the mapping an error naming split, row and column).
 
-    Args:
-        dataset: the source (see above).
-        model: folder or Hub name whose tokenizer and image processor are used (required; the
-            ``fairvlm`` command fills it from ``model.model``).
-        image_column: column of the images (``datasets.Image``, arrays or nested lists).
-        text_column: column of the texts paired with the images.
-        label_column: the class column (integers ``0..C-1``; binary by default), or a list of
-            0/1 columns for a multi-label target.
-        attributes: protected attributes (see above); default none.
-        num_classes: number of classes of a single label column (default 2, binary).
-        truth_column: a bool/0-1 column that marks known bad pairs (becomes ``is_bad_pair``,
-            enables ``drop_bad_pairs``).
-        id_column: a column that names each sample (file name, record id) for
-            :meth:`train_fingerprint`; default the image file name when the images are files,
-            else the row number.
-        data_files: passed to ``load_dataset`` (e.g. ``{"train": "train.parquet", ...}``).
-        load_kwargs: further keyword arguments of ``load_dataset``.
-        drop_unknown: drop val/test rows with an unknown value of these attributes (``True``
-            for all); default keep all (the metrics leave unknowns out of the groups).
-        batch_size: training batch size.
-        eval_batch_size: val/test/predict batch size (default ``batch_size``).
-        num_workers: DataLoader worker processes.
-        image_size: override the processor's input size (shortest-edge resize + square crop).
-        max_length: token length of texts (padded and truncated to it).
-        balance_attribute: draw training batches balanced over this attribute's groups.
-        seed: seed of the training order; ``None`` takes ``PL_GLOBAL_SEED``, else 0.
-        cache_dir: ``datasets`` cache folder for ``load_dataset`` (default its own).
-        drop_bad_pairs: train without the rows whose ``truth_column`` is true.
-        intersections: intersectional groups added to every batch, e.g. ``[["race", "sex"]]``
-            (or ``["race*sex"]``): a key ``"race*sex"`` whose cell of (race r, sex s) is
-            ``r * n_sex + s`` (``-1`` where either is unknown), usable by the metrics, the
-            Sinkhorn term and DBPM like any attribute.
+def _require_columns(raw: Any, needed: Sequence[str], split: str, source: str) -> None:
+    """Raise a ``ValueError`` naming split, source and columns when ``raw`` lacks one."""
+    missing = [c for c in needed if c not in raw.column_names]
+    if missing:
+        raise ValueError(
+            f"split {split!r} of {source} has no column(s) {missing}; its "
+            f"columns: {raw.column_names}"
+        )
 
-    Example:
-        >>> import tempfile
-        >>> from datasets import Dataset, DatasetDict
-        >>> from fairvlm_lightning.app.synthetic import build_tiny_dual_encoder
-        >>> model = build_tiny_dual_encoder(tempfile.mkdtemp(), ["a b c"] * 4)
-        >>> part = Dataset.from_dict({"image": [np.zeros((8, 8), np.uint8)] * 4,
-        ...     "text": ["a", "b", "c", "a"], "label": [0, 1, 0, 1], "sex": ["F", "M", "M", None]})
-        >>> dm = ImageTextDataModule(DatasetDict(train=part, validation=part), model=model,
-        ...     attributes={"sex": {"F": 0, "M": 1}}, batch_size=2)
-        >>> dm.setup("fit")
-        >>> batch = next(iter(dm.val_dataloader()))
-        >>> batch["sex"].tolist(), batch["pixel_values"].shape[1]
-        ([0, 1], 3)
+
+def _row_features(
+    attributes: Sequence[str],
+    label_width: int | None,
+    truth: bool,
+    pixels_shape: tuple[int, ...],
+    length: int,
+) -> Any:
+    """The ``datasets.Features`` of preprocessed rows (``label_width`` ``None``: one label)."""
+    from datasets import Array2D, Features, Value
+
+    label = _seq(Value("int64"), label_width) if label_width is not None else Value("int64")
+    cols: dict[str, Any] = {
+        "index": Value("int64"),
+        "key": Value("string"),
+        "label": label,
+        **{a: Value("int64") for a in attributes},
+    }
+    if truth:
+        cols[BAD_PAIR_FIELD] = Value("bool")
+    return Features(
+        cols
+        | {
+            "pixels": Array2D(shape=pixels_shape, dtype="uint8"),
+            "input_ids": _seq(Value("int32"), length),
+            "attention_mask": _seq(Value("int8"), length),
+        }
+    )
+
+
+def _drop_unknown_rows(ds: Any, attributes: Sequence[str]) -> Any:
+    """``ds`` without the rows where any of ``attributes`` is ``-1``, re-indexed ``0..n-1``."""
+    values = ds.select_columns(list(attributes)).with_format("numpy")
+    known = np.ones(len(ds), dtype=bool)
+    for a in attributes:
+        known &= np.asarray(values[a]) != -1
+    if known.all():
+        return ds
+    kept = ds.select(np.flatnonzero(known)).remove_columns("index")
+    return kept.add_column("index", np.arange(int(known.sum()), dtype=np.int64))
+
+
+class _RowPreprocessor:
+    """Source rows -> training pairs: the picklable ``datasets.map`` function of one split.
+
+    Called as ``(batch, indices)`` (``with_indices=True``); ``where`` names the source and the
+    split in errors, e.g. ``"DatasetDict, split 'train'"``.
     """
-
-    #: Prefix of :meth:`train_fingerprint`'s hash input (which kind of sample key is hashed).
-    fingerprint_tag = "image-text-train"
-    #: The column of the loaded split that names each sample.
-    key_column = "key"
 
     def __init__(
         self,
-        dataset: Any,
         *,
-        model: str | os.PathLike[str] | None = None,
-        image_column: str = "image",
-        text_column: str = "text",
-        label_column: str | Sequence[str] = "label",
-        attributes: Mapping[str, Any] | None = None,
-        num_classes: int | None = None,
-        truth_column: str | None = None,
-        id_column: str | None = None,
-        data_files: Any = None,
-        load_kwargs: dict[str, Any] | None = None,
-        drop_unknown: bool | Sequence[str] = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int | None = None,
-        max_length: int = 64,
-        balance_attribute: str | None = None,
-        seed: int | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        drop_bad_pairs: bool = False,
-        intersections: Sequence[Intersection] | None = None,
+        where: str,
+        transform: ImageTransform,
+        tokenizer: Any,
+        max_length: int,
+        image_column: str,
+        text_column: str,
+        label_columns: Sequence[str],
+        num_classes: int | None,
+        id_column: str | None,
+        truth_column: str | None,
+        attribute_groups: Mapping[str, int],
+        attribute_maps: Mapping[str, Mapping[str, int] | None],
     ) -> None:
-        super().__init__()
-        if model is None:
-            raise ValueError(
-                "model (a folder or Hub name with a tokenizer and image processor) is required"
+        self.where, self.transform, self.tokenizer = where, transform, tokenizer
+        self.max_length = max_length
+        self.image_column, self.text_column = image_column, text_column
+        self.label_columns, self.num_classes = tuple(label_columns), num_classes
+        self.id_column, self.truth_column = id_column, truth_column
+        self.attribute_groups, self.attribute_maps = dict(attribute_groups), dict(attribute_maps)
+
+    def _images(
+        self, batch: Mapping[str, list[Any]], indices: Sequence[int]
+    ) -> tuple[list[np.ndarray], list[str]]:
+        """The batch's images as uint8 grey (not yet resized) and their sample keys."""
+        images: list[np.ndarray] = []
+        keys: list[str] = []
+        for value, i in zip(batch[self.image_column], indices, strict=True):
+            where = f"{self.where}, row {i}, column {self.image_column!r}"
+            image, key = _image_key(value, i)
+            images.append(
+                to_grey_uint8(np.asarray(image) if isinstance(image, list) else image, where)
             )
-        groups, self.attribute_maps = _attribute_codes(attributes)
-        self._configure(
-            model=model,
-            attribute_groups=groups,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            max_length=max_length,
-            balance_attribute=balance_attribute,
-            seed=seed,
-            cache_dir=cache_dir,
-            drop_bad_pairs=drop_bad_pairs,
-            intersections=intersections,
-        )
-        self.source = dataset
-        self.image_column, self.text_column = str(image_column), str(text_column)
-        if isinstance(label_column, str):
-            self.label_columns: tuple[str, ...] = (label_column,)
-            self.multi_label = False
-        else:
-            self.label_columns = tuple(str(c) for c in label_column)
-            self.multi_label = True
-            if not self.label_columns:
-                raise ValueError("label_column: an empty list of columns")
-        if num_classes is not None and (self.multi_label or int(num_classes) < 2):
-            raise ValueError(
-                f"num_classes must be >= 2 and only with a single label column, got {num_classes}"
+            keys.append(
+                str(batch[self.id_column][len(keys)]) if self.id_column is not None else key
             )
-        self.num_classes = int(num_classes) if num_classes is not None else None
-        self.truth_column = truth_column
-        self.id_column = id_column
-        self.data_files = data_files
-        self.load_kwargs = dict(load_kwargs or {})
-        if isinstance(drop_unknown, bool):
-            self.drop_unknown: tuple[str, ...] = tuple(groups) if drop_unknown else ()
-        else:
-            self.drop_unknown = (
-                (drop_unknown,) if isinstance(drop_unknown, str) else tuple(drop_unknown)
-            )
-            bad = [a for a in self.drop_unknown if a not in groups]
-            if bad:
+        return images, keys
+
+    def _texts(self, batch: Mapping[str, list[Any]], indices: Sequence[int]) -> list[str]:
+        """The batch's texts, each checked to be a non-empty string."""
+        texts = []
+        for t, i in zip(batch[self.text_column], indices, strict=True):
+            if not isinstance(t, str) or not t.strip():
                 raise ValueError(
-                    f"drop_unknown names {bad}, not among the attributes {list(groups)}"
+                    f"{self.where}, row {i}, column {self.text_column!r}: empty or "
+                    f"non-text value {t!r}"
                 )
-        self._source_splits: Any = None
-        model = self.model
-        ignore = [] if isinstance(dataset, (str, os.PathLike)) else ["dataset"]
-        if isinstance(dataset, os.PathLike):
-            dataset = str(dataset)
-        self.save_hyperparameters(ignore=ignore)
+            texts.append(t)
+        return texts
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, Any]:
+        images, keys = self._images(batch, indices)
+        enc = self.tokenizer(
+            self._texts(batch, indices),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=True,
+        )
+        label_cols = self.label_columns
+        out: dict[str, Any] = {
+            "index": list(indices),
+            "key": keys,
+            "label": [
+                _label(
+                    [batch[c][j] for c in label_cols],
+                    f"{self.where}, row {i}, column(s) {list(label_cols)}",
+                    self.num_classes,
+                )
+                for j, i in enumerate(indices)
+            ],
+            "pixels": _resize_all(self.transform, images),
+            "input_ids": np.asarray(enc["input_ids"], dtype=np.int32),
+            "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int8),
+        }
+        for a, n in self.attribute_groups.items():
+            out[a] = [
+                _code(v, n, self.attribute_maps[a], f"{self.where}, row {i}, column {a!r}")
+                for v, i in zip(batch[a], indices, strict=True)
+            ]
+        if self.truth_column is not None:
+            out[BAD_PAIR_FIELD] = [bool(v) for v in batch[self.truth_column]]
+        return out
+
+
+class PairDataModule(LightningDataModule):
+    """The shared machinery of the image-text data modules: settings, caches, loaders.
+
+    It checks and stores the settings (:meth:`_configure`), loads the tokenizer and image
+    processor, runs the Lightning hooks (``prepare_data``, ``setup``), builds the loaders
+    (epoch-seeded or group-balanced training order, resumable; unpadded DDP evaluation) and
+    offers :meth:`tokenize` and :meth:`train_fingerprint`. A subclass says where its rows come
+    from: ``_has_split(split)`` and ``_preprocessed(split)`` (the split as rows ``pixels``,
+    ``input_ids``, ``attention_mask``, ``index``, ``label``, one column per attribute and the
+    :attr:`key_column`, stored in ``self.datasets[split]``), and the class attributes
+    :attr:`fingerprint_tag` and :attr:`key_column`. :class:`ImageTextDataModule` (any
+    ``datasets`` source) and :class:`FairVLMedDataModule` are its data modules.
+
+    Example:
+        >>> issubclass(ImageTextDataModule, PairDataModule)
+        True
+        >>> issubclass(FairVLMedDataModule, PairDataModule)
+        True
+    """
+
+    #: Prefix of :meth:`train_fingerprint`'s hash input (which kind of sample key is hashed).
+    fingerprint_tag: str
+    #: The column of the loaded split that names each sample.
+    key_column: str
 
     # ------------------------------------------------------------------ shared set-up
     def _configure(
@@ -585,205 +631,17 @@ class ImageTextDataModule(LightningDataModule):
         self.image_transform = ImageTransform.from_processor(processor, self.image_size)
         self.tokenizer, self.image_processor = tokenizer, processor
 
-    # ------------------------------------------------------------------ the source
-    def _load_source(self) -> Any:
-        """The source as a ``DatasetDict`` (loaded once)."""
-        if self._source_splits is not None:
-            return self._source_splits
-        import datasets as hf
-
-        src = self.source
-        if isinstance(src, hf.DatasetDict):
-            out = src
-        elif isinstance(src, hf.Dataset):
-            raise TypeError(
-                "dataset is a single datasets.Dataset; give a DatasetDict with train/validation/"
-                "test splits (e.g. DatasetDict(train=ds.train_test_split(...)['train'], ...))"
-            )
-        elif isinstance(src, (str, os.PathLike)):
-            path = Path(src)
-            cache = {"cache_dir": str(self.cache_dir)} if self.cache_dir is not None else {}
-            if path.is_dir() and (path / "dataset_dict.json").is_file():
-                out = hf.load_from_disk(str(path))
-            elif (
-                path.is_dir()
-                and (path / "dataset_info.json").is_file()
-                and (path / "state.json").is_file()
-            ):
-                raise TypeError(
-                    f"{path} is a saved single Dataset; save a DatasetDict with train/validation/"
-                    "test splits instead"
-                )
-            else:
-                kwargs = {**cache, **self.load_kwargs}
-                if self.data_files is not None:
-                    kwargs["data_files"] = self.data_files
-                out = hf.load_dataset(str(src), **kwargs)
-        else:
-            raise TypeError(
-                "dataset must be a datasets.DatasetDict, a saved DatasetDict folder, a folder or "
-                f"builder name for load_dataset, or a Hub name; got {type(src).__name__}"
-            )
-        if not isinstance(out, hf.DatasetDict):
-            raise TypeError(
-                f"{src!r} did not load as a DatasetDict with splits (got {type(out).__name__})"
-            )
-        self._source_splits = out
-        return out
-
-    def _source_split(self, split: str) -> Any:
-        """The source's split for ``split``, or ``None`` when it has none."""
-        source = self._load_source()
-        found = [n for n in SOURCE_SPLITS[split] if n in source]
-        if len(found) > 1:
-            raise ValueError(f"ambiguous {split!r} split: the source has {found}")
-        return source[found[0]] if found else None
-
     def _has_split(self, split: str) -> bool:
-        return self._source_split(split) is not None
+        """Whether the data have the ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _has_split")
 
     def _preprocessed(self, split: str) -> Any:
-        """The source's ``split`` as rows ``pixels``, tokens, ``index``, label, attributes, key."""
-        from datasets import Array2D, Features, Value
+        """The ``split`` as preprocessed rows (cached), also stored in ``self.datasets``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _preprocessed")
 
-        assert self.image_transform is not None
-        raw = self._source_split(split)
-        if raw is None:
-            names = " or ".join(repr(n) for n in SOURCE_SPLITS[split])
-            raise ValueError(
-                f"the source has no {split!r} split (a split named {names}); it has "
-                f"{list(self._load_source())}"
-            )
-        needed = [self.image_column, self.text_column, *self.label_columns, *self.attributes]
-        needed += [c for c in (self.truth_column, self.id_column) if c is not None]
-        missing = [c for c in needed if c not in raw.column_names]
-        if missing:
-            raise ValueError(
-                f"split {split!r} of {self._source_name()} has no column(s) {missing}; its "
-                f"columns: {raw.column_names}"
-            )
-        from datasets import Image as HFImage
-
-        raw = raw.select_columns(list(dict.fromkeys(needed)))
-        if isinstance(raw.features[self.image_column], HFImage):
-            raw = raw.cast_column(self.image_column, HFImage(decode=False))
-        transform, tokenizer, length = self.image_transform, self.tokenizer, self.max_length
-        label = (
-            _seq(Value("int64"), len(self.label_columns)) if self.multi_label else Value("int64")
-        )
-        cols: dict[str, Any] = {
-            "index": Value("int64"),
-            "key": Value("string"),
-            "label": label,
-            **{a: Value("int64") for a in self.attributes},
-        }
-        if self.truth_column is not None:
-            cols[BAD_PAIR_FIELD] = Value("bool")
-        name = self._source_name()
-        src = next(n for n in SOURCE_SPLITS[split] if n in self._load_source())
-        maps, groups = self.attribute_maps, self._attribute_groups
-        image_col, text_col, id_col = self.image_column, self.text_column, self.id_column
-        label_cols, truth, num_classes = self.label_columns, self.truth_column, self.num_classes
-
-        def preprocess(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, Any]:
-            images: list[np.ndarray] = []
-            keys: list[str] = []
-            for value, i in zip(batch[image_col], indices, strict=True):
-                where = f"{name}, split {src!r}, row {i}, column {image_col!r}"
-                image, key = _image_key(value, i)
-                images.append(
-                    to_grey_uint8(np.asarray(image) if isinstance(image, list) else image, where)
-                )
-                keys.append(str(batch[id_col][len(keys)]) if id_col is not None else key)
-            texts = []
-            for t, i in zip(batch[text_col], indices, strict=True):
-                if not isinstance(t, str) or not t.strip():
-                    raise ValueError(
-                        f"{name}, split {src!r}, row {i}, column {text_col!r}: empty or "
-                        f"non-text value {t!r}"
-                    )
-                texts.append(t)
-            enc = tokenizer(
-                texts,
-                padding="max_length",
-                truncation=True,
-                max_length=length,
-                return_attention_mask=True,
-            )
-            out: dict[str, Any] = {
-                "index": list(indices),
-                "key": keys,
-                "label": [
-                    _label(
-                        [batch[c][j] for c in label_cols],
-                        f"{name}, split {src!r}, row {i}, column(s) {list(label_cols)}",
-                        num_classes,
-                    )
-                    for j, i in enumerate(indices)
-                ],
-                "pixels": _resize_all(transform, images),
-                "input_ids": np.asarray(enc["input_ids"], dtype=np.int32),
-                "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int8),
-            }
-            for a in groups:
-                out[a] = [
-                    _code(v, groups[a], maps[a], f"{name}, split {src!r}, row {i}, column {a!r}")
-                    for v, i in zip(batch[a], indices, strict=True)
-                ]
-            if truth is not None:
-                out[BAD_PAIR_FIELD] = [bool(v) for v in batch[truth]]
-            return out
-
-        if len(raw) == 0:
-            raise ValueError(f"split {split!r} of {name} is empty")
-        first = to_grey_uint8(_image_key(raw[0][image_col], 0)[0], f"{name}, row 0")
-        pixels_shape = tuple(transform.resize(first[None]).shape[1:])
-        features = Features(
-            cols
-            | {
-                "pixels": Array2D(shape=pixels_shape, dtype="uint8"),
-                "input_ids": _seq(Value("int32"), length),
-                "attention_mask": _seq(Value("int8"), length),
-            }
-        )
-        key = json.dumps(
-            [
-                _PREPROCESS_VERSION,
-                raw._fingerprint,
-                transform.spec(),
-                _tokenizer_fingerprint(tokenizer),
-                length,
-                [self.image_column, self.text_column, label_cols, truth, id_col, num_classes],
-                [[a, groups[a], maps[a]] for a in groups],
-            ],
-            sort_keys=True,
-        )
-        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
-        _drop_damaged_map_cache(raw, fingerprint)
-        ds = raw.map(
-            preprocess,
-            with_indices=True,
-            batched=True,
-            batch_size=64,
-            remove_columns=raw.column_names,
-            features=features,
-            new_fingerprint=fingerprint,
-            desc=f"Preprocessing {split}",
-        )
-        if split != "train" and self.drop_unknown:
-            values = ds.select_columns(list(self.drop_unknown)).with_format("numpy")
-            known = np.ones(len(ds), dtype=bool)
-            for a in self.drop_unknown:
-                known &= np.asarray(values[a]) != -1
-            if not known.all():
-                kept = ds.select(np.flatnonzero(known)).remove_columns("index")
-                ds = kept.add_column("index", np.arange(int(known.sum()), dtype=np.int64))
-        self.datasets[split] = ds
-        return ds
-
-    def _source_name(self) -> str:
-        src = self.source
-        return repr(str(src)) if isinstance(src, (str, os.PathLike)) else type(src).__name__
+    def _where(self) -> str:
+        """The data's name in error messages."""
+        return type(self).__name__
 
     def _prepare_source(self) -> None:
         """Hook run first by ``prepare_data`` and ``setup`` (a subclass writes its data here)."""
@@ -813,9 +671,6 @@ class ImageTextDataModule(LightningDataModule):
             if BAD_PAIR_FIELD in ds.column_names:
                 columns.append(BAD_PAIR_FIELD)
             self._splits[split] = _SplitDataset(ds, columns)
-
-    def _where(self) -> str:
-        return self._source_name()
 
     def _without_bad_pairs(self, ds: Any) -> Any:
         """The training split without its known bad pairs, re-indexed ``0..n-1``."""
@@ -943,6 +798,291 @@ class ImageTextDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The test split, for ``Trainer.predict``."""
         return self._loader("test", self.eval_batch_size)
+
+
+class ImageTextDataModule(PairDataModule):
+    """Any image-text dataset readable by Hugging Face ``datasets``, as batches for a dual encoder.
+
+    The source (``dataset``) is a ``datasets.DatasetDict``, a folder written by
+    ``DatasetDict.save_to_disk``, a local folder ``load_dataset`` reads (an ``imagefolder`` with
+    ``metadata.csv``/``metadata.jsonl``, Parquet/CSV/JSON files), a builder name with
+    ``data_files`` (e.g. ``"parquet"``), or a Hub dataset name (passed to ``load_dataset`` as is).
+    Its splits ``train``/``training``, ``validation``/``val``/``valid``/``dev`` and
+    ``test``/``testing`` (:data:`SOURCE_SPLITS`) become the module's train, val and test splits.
+
+    Each row is made a training pair once per split and cached by ``datasets``: the image is
+    converted to uint8 grey by the rule of :func:`~fairvlm_lightning.data.to_grey_uint8`, resized
+    and centre-cropped as the model's image processor, the text tokenised to ``max_length``.
+    Batches are those of :class:`FairVLMedDataModule`: ``pixel_values`` (B, 3, H, W) float32,
+    ``input_ids`` and ``attention_mask`` (B, ``max_length``), ``index`` (B,) long (the row's
+    position in its split, stable: Dynamic Bad Pair Mining keys on it), ``label`` (B,) long —
+    or (B, L) long 0/1 when ``label_column`` names L columns — one (B,) long per attribute
+    (``-1`` = unknown) and ``is_bad_pair`` (B,) bool when ``truth_column`` is given. Training
+    order, group-balanced sampling, resumable loading and unpadded DDP evaluation are those of
+    :class:`FairVLMedDataModule` (both inherit them, :meth:`~PairDataModule.tokenize` and
+    :meth:`~PairDataModule.train_fingerprint` from :class:`PairDataModule`).
+
+    Attributes are columns of the source, given as ``{column: spec}``: an ``int`` ``n`` when the
+    column holds the codes ``0..n-1`` (``-1`` or missing = unknown); a mapping ``{value: code}``
+    or a list of values (code = position) when it holds strings (a missing value is unknown, a
+    value outside the mapping an error naming split, row and column).
+
+    Args:
+        dataset: the source (see above).
+        model: folder or Hub name whose tokenizer and image processor are used (required; the
+            ``fairvlm`` command fills it from ``model.model``).
+        image_column: column of the images (``datasets.Image``, arrays or nested lists).
+        text_column: column of the texts paired with the images.
+        label_column: the class column (integers ``0..C-1``; binary by default), or a list of
+            0/1 columns for a multi-label target.
+        attributes: protected attributes (see above); default none.
+        num_classes: number of classes of a single label column (default 2, binary).
+        truth_column: a bool/0-1 column that marks known bad pairs (becomes ``is_bad_pair``,
+            enables ``drop_bad_pairs``).
+        id_column: a column that names each sample (file name, record id) for
+            :meth:`train_fingerprint`; default the image file name when the images are files,
+            else the row number.
+        data_files: passed to ``load_dataset`` (e.g. ``{"train": "train.parquet", ...}``).
+        load_kwargs: further keyword arguments of ``load_dataset``.
+        drop_unknown: drop val/test rows with an unknown value of these attributes (``True``
+            for all); default keep all (the metrics leave unknowns out of the groups).
+        batch_size: training batch size.
+        eval_batch_size: val/test/predict batch size (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        image_size: override the processor's input size (shortest-edge resize + square crop).
+        max_length: token length of texts (padded and truncated to it).
+        balance_attribute: draw training batches balanced over this attribute's groups.
+        seed: seed of the training order; ``None`` takes ``PL_GLOBAL_SEED``, else 0.
+        cache_dir: ``datasets`` cache folder for ``load_dataset`` (default its own).
+        drop_bad_pairs: train without the rows whose ``truth_column`` is true.
+        intersections: intersectional groups added to every batch, e.g. ``[["race", "sex"]]``
+            (or ``["race*sex"]``): a key ``"race*sex"`` whose cell of (race r, sex s) is
+            ``r * n_sex + s`` (``-1`` where either is unknown), usable by the metrics, the
+            Sinkhorn term and DBPM like any attribute.
+
+    Example:
+        >>> import tempfile
+        >>> from datasets import Dataset, DatasetDict
+        >>> from fairvlm_lightning.app.synthetic import build_tiny_dual_encoder
+        >>> model = build_tiny_dual_encoder(tempfile.mkdtemp(), ["a b c"] * 4)
+        >>> part = Dataset.from_dict({"image": [np.zeros((8, 8), np.uint8)] * 4,
+        ...     "text": ["a", "b", "c", "a"], "label": [0, 1, 0, 1], "sex": ["F", "M", "M", None]})
+        >>> dm = ImageTextDataModule(DatasetDict(train=part, validation=part), model=model,
+        ...     attributes={"sex": {"F": 0, "M": 1}}, batch_size=2)
+        >>> dm.setup("fit")
+        >>> batch = next(iter(dm.val_dataloader()))
+        >>> batch["sex"].tolist(), batch["pixel_values"].shape[1]
+        ([0, 1], 3)
+    """
+
+    #: Prefix of :meth:`train_fingerprint`'s hash input (which kind of sample key is hashed).
+    fingerprint_tag = "image-text-train"
+    #: The column of the loaded split that names each sample.
+    key_column = "key"
+
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        model: str | os.PathLike[str] | None = None,
+        image_column: str = "image",
+        text_column: str = "text",
+        label_column: str | Sequence[str] = "label",
+        attributes: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
+        truth_column: str | None = None,
+        id_column: str | None = None,
+        data_files: Any = None,
+        load_kwargs: dict[str, Any] | None = None,
+        drop_unknown: bool | Sequence[str] = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int | None = None,
+        max_length: int = 64,
+        balance_attribute: str | None = None,
+        seed: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        drop_bad_pairs: bool = False,
+        intersections: Sequence[Intersection] | None = None,
+    ) -> None:
+        super().__init__()
+        if model is None:
+            raise ValueError(
+                "model (a folder or Hub name with a tokenizer and image processor) is required"
+            )
+        groups, self.attribute_maps = _attribute_codes(attributes)
+        self._configure(
+            model=model,
+            attribute_groups=groups,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            max_length=max_length,
+            balance_attribute=balance_attribute,
+            seed=seed,
+            cache_dir=cache_dir,
+            drop_bad_pairs=drop_bad_pairs,
+            intersections=intersections,
+        )
+        self.source = dataset
+        self.image_column, self.text_column = str(image_column), str(text_column)
+        self.label_columns: tuple[str, ...]
+        self.label_columns, self.multi_label, self.num_classes = _label_settings(
+            label_column, num_classes
+        )
+        self.truth_column = truth_column
+        self.id_column = id_column
+        self.data_files = data_files
+        self.load_kwargs = dict(load_kwargs or {})
+        self.drop_unknown: tuple[str, ...] = _drop_unknown_names(drop_unknown, groups)
+        self._source_splits: Any = None
+        model = self.model
+        ignore = [] if isinstance(dataset, (str, os.PathLike)) else ["dataset"]
+        if isinstance(dataset, os.PathLike):
+            dataset = str(dataset)
+        self.save_hyperparameters(ignore=ignore)
+
+    # ------------------------------------------------------------------ the source
+    def _load_source(self) -> Any:
+        """The source as a ``DatasetDict`` (loaded once)."""
+        if self._source_splits is not None:
+            return self._source_splits
+        import datasets as hf
+
+        src = self.source
+        if isinstance(src, hf.DatasetDict):
+            out = src
+        elif isinstance(src, hf.Dataset):
+            raise TypeError(
+                "dataset is a single datasets.Dataset; give a DatasetDict with train/validation/"
+                "test splits (e.g. DatasetDict(train=ds.train_test_split(...)['train'], ...))"
+            )
+        elif isinstance(src, (str, os.PathLike)):
+            path = Path(src)
+            cache = {"cache_dir": str(self.cache_dir)} if self.cache_dir is not None else {}
+            if path.is_dir() and (path / "dataset_dict.json").is_file():
+                out = hf.load_from_disk(str(path))
+            elif (
+                path.is_dir()
+                and (path / "dataset_info.json").is_file()
+                and (path / "state.json").is_file()
+            ):
+                raise TypeError(
+                    f"{path} is a saved single Dataset; save a DatasetDict with train/validation/"
+                    "test splits instead"
+                )
+            else:
+                kwargs = {**cache, **self.load_kwargs}
+                if self.data_files is not None:
+                    kwargs["data_files"] = self.data_files
+                out = hf.load_dataset(str(src), **kwargs)
+        else:
+            raise TypeError(
+                "dataset must be a datasets.DatasetDict, a saved DatasetDict folder, a folder or "
+                f"builder name for load_dataset, or a Hub name; got {type(src).__name__}"
+            )
+        if not isinstance(out, hf.DatasetDict):
+            raise TypeError(
+                f"{src!r} did not load as a DatasetDict with splits (got {type(out).__name__})"
+            )
+        self._source_splits = out
+        return out
+
+    def _source_split(self, split: str) -> Any:
+        """The source's split for ``split``, or ``None`` when it has none."""
+        source = self._load_source()
+        found = [n for n in SOURCE_SPLITS[split] if n in source]
+        if len(found) > 1:
+            raise ValueError(f"ambiguous {split!r} split: the source has {found}")
+        return source[found[0]] if found else None
+
+    def _has_split(self, split: str) -> bool:
+        return self._source_split(split) is not None
+
+    def _preprocessed(self, split: str) -> Any:
+        """The source's ``split`` as rows ``pixels``, tokens, ``index``, label, attributes, key."""
+        from datasets import Image as HFImage
+
+        assert self.image_transform is not None
+        raw = self._source_split(split)
+        if raw is None:
+            names = " or ".join(repr(n) for n in SOURCE_SPLITS[split])
+            raise ValueError(
+                f"the source has no {split!r} split (a split named {names}); it has "
+                f"{list(self._load_source())}"
+            )
+        needed = [self.image_column, self.text_column, *self.label_columns, *self.attributes]
+        needed += [c for c in (self.truth_column, self.id_column) if c is not None]
+        name = self._source_name()
+        _require_columns(raw, needed, split, name)
+        raw = raw.select_columns(list(dict.fromkeys(needed)))
+        if isinstance(raw.features[self.image_column], HFImage):
+            raw = raw.cast_column(self.image_column, HFImage(decode=False))
+        transform, length = self.image_transform, self.max_length
+        src = next(n for n in SOURCE_SPLITS[split] if n in self._load_source())
+        maps, groups = self.attribute_maps, self._attribute_groups
+        label_cols, truth, id_col = self.label_columns, self.truth_column, self.id_column
+        preprocess = _RowPreprocessor(
+            where=f"{name}, split {src!r}",
+            transform=transform,
+            tokenizer=self.tokenizer,
+            max_length=length,
+            image_column=self.image_column,
+            text_column=self.text_column,
+            label_columns=label_cols,
+            num_classes=self.num_classes,
+            id_column=id_col,
+            truth_column=truth,
+            attribute_groups=groups,
+            attribute_maps=maps,
+        )
+        if len(raw) == 0:
+            raise ValueError(f"split {split!r} of {name} is empty")
+        first = to_grey_uint8(_image_key(raw[0][self.image_column], 0)[0], f"{name}, row 0")
+        features = _row_features(
+            self.attributes,
+            len(label_cols) if self.multi_label else None,
+            truth is not None,
+            tuple(transform.resize(first[None]).shape[1:]),
+            length,
+        )
+        key = json.dumps(
+            [
+                _PREPROCESS_VERSION,
+                raw._fingerprint,
+                transform.spec(),
+                _tokenizer_fingerprint(self.tokenizer),
+                length,
+                [self.image_column, self.text_column, label_cols, truth, id_col, self.num_classes],
+                [[a, groups[a], maps[a]] for a in groups],
+            ],
+            sort_keys=True,
+        )
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
+        _drop_damaged_map_cache(raw, fingerprint)
+        ds = raw.map(
+            preprocess,
+            with_indices=True,
+            batched=True,
+            batch_size=64,
+            remove_columns=raw.column_names,
+            features=features,
+            new_fingerprint=fingerprint,
+            desc=f"Preprocessing {split}",
+        )
+        if split != "train" and self.drop_unknown:
+            ds = _drop_unknown_rows(ds, self.drop_unknown)
+        self.datasets[split] = ds
+        return ds
+
+    def _source_name(self) -> str:
+        src = self.source
+        return repr(str(src)) if isinstance(src, (str, os.PathLike)) else type(src).__name__
+
+    def _where(self) -> str:
+        return self._source_name()
 
 
 class FairVLMedDataModule(ImageTextDataModule):
