@@ -8,6 +8,15 @@ from typing import Any
 
 import pytest
 
+# Under pytest-xdist (the README's test command runs 2 workers on 2 cores) each worker, and the
+# processes it starts, uses one thread: two workers with 2 threads each would oversubscribe.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
