@@ -19,8 +19,8 @@ The module puts the package's components together into one ``LightningModule``:
 The Hugging Face model is built in ``__init__``, so the module is complete as soon as it exists
 and ``load_from_checkpoint`` needs nothing special. Local folders must therefore exist before the
 module is created: for the synthetic benchmark call
-:func:`fairvlm_lightning.app.synthetic.ensure_synthetic_assets` first (the ``fairvlm`` command does this for
-you before it instantiates anything).
+:func:`fairvlm_lightning.app.synthetic.ensure_synthetic_assets` first (the ``fairvlm`` command
+does this for you before it instantiates anything).
 """
 
 from __future__ import annotations

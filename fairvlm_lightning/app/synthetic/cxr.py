@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from fairvlm_lightning.app.synthetic.fairvlmed import _interp_matrix, _sigmoid
 from fairvlm_lightning.app.synthetic.tiny_model import build_tiny_dual_encoder
 from fairvlm_lightning.atomic import MARKER, FileLock, atomic_folder
 
@@ -274,20 +275,6 @@ def latent_thresholds() -> np.ndarray:
 def _categorical(rng: np.random.Generator, probs: Sequence[float], n: int) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
     return rng.choice(len(p), size=n, p=p / p.sum()).astype(np.int64)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1 + np.tanh(0.5 * x))
-
-
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    pos = np.linspace(0, n_in - 1, n_out)
-    lo = np.floor(pos).astype(int).clip(0, n_in - 2)
-    frac = pos - lo
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    m[np.arange(n_out), lo] = 1 - frac
-    m[np.arange(n_out), lo + 1] = frac
-    return m
 
 
 def _render(p: Mapping[str, np.ndarray], side: int, rng: np.random.Generator) -> np.ndarray:

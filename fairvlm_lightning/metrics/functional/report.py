@@ -30,6 +30,8 @@ from fairvlm_lightning.metrics.functional._multitask import (
     _multitask_format,
     _multitask_preds_target_validation,
     _multitask_replicates,
+    _parity,
+    _spread,
     _task_arg_validation,
 )
 from fairvlm_lightning.metrics.functional.equity import _equity_scaled_compute
@@ -235,27 +237,6 @@ def _batched_equity(overall: Tensor, per_group: Tensor, alpha: float) -> Tensor:
     return overall / (1.0 + alpha * gap)
 
 
-def _batched_spread(values: Tensor, present: Tensor) -> Tensor:
-    inf = torch.full_like(values, float("inf"))
-    hi = torch.where(present, values, -inf).amax(1)
-    lo = torch.where(present, values, inf).amin(1)
-    out = hi - lo
-    return torch.where(present.any(1), out, torch.full_like(out, float("nan")))
-
-
-def _batched_parity(confmat: Tensor) -> tuple[Tensor, Tensor]:
-    """DPD and DEOdds of ``(B, G + 1, 2, 2)`` confusion matrices (last row = unknown)."""
-    cm = confmat[:, :-1].to(torch.float64)
-    total = cm.sum((-2, -1))
-    present = total > 0
-    rate = (cm[..., 0, 1] + cm[..., 1, 1]) / total.clamp(min=1)
-    positives, negatives = cm[..., 1, :].sum(-1), cm[..., 0, :].sum(-1)
-    tpr = torch.where(positives > 0, cm[..., 1, 1] / positives.clamp(min=1), 0.0)
-    fpr = torch.where(negatives > 0, cm[..., 0, 1] / negatives.clamp(min=1), 0.0)
-    deodds = torch.maximum(_batched_spread(tpr, present), _batched_spread(fpr, present))
-    return _batched_spread(rate, present), deodds
-
-
 def _batched_accuracy(confmat: Tensor) -> Tensor:
     total = confmat.sum((-2, -1))
     acc = (confmat[..., 0, 0] + confmat[..., 1, 1]).to(torch.float64) / total.clamp(min=1)
@@ -269,7 +250,7 @@ def _batched_disparity(per_group: Tensor, overall: Tensor) -> tuple[Tensor, Tens
     mean = values.sum(1) / count.clamp(min=1)
     var = (torch.where(defined, per_group - mean[:, None], 0.0) ** 2).sum(1) / count.clamp(min=1)
     std = var.sqrt() / overall
-    spread = _batched_spread(per_group, defined) / overall
+    spread = _spread(per_group, defined) / overall
     nan = torch.full_like(std, float("nan"))
     return torch.where(count > 0, std, nan), torch.where(count > 0, spread, nan)
 
@@ -314,7 +295,7 @@ def _fairness_metrics_replicates(
         out[f"{name}/es_acc"] = _batched_equity(acc, group_accs, alpha)
         for gi in range(num_groups):
             out[f"{name}/auc_group_{gi}"] = group_aucs[:, gi]
-        out[f"{name}/dpd"], out[f"{name}/deodds"] = _batched_parity(confmat)
+        out[f"{name}/dpd"], out[f"{name}/deodds"] = _parity(confmat)
         std, spread = _batched_disparity(group_aucs, auc)
         out[f"{name}/auc_std_disparity"] = std
         out[f"{name}/auc_max_disparity"] = spread
