@@ -39,8 +39,12 @@ class SyntheticCXRDataModule(ImageTextDataModule):
             :func:`~fairvlm_lightning.app.synthetic.cxr.ensure_synthetic_cxr` (``seed``,
             ``sizes``, ``warm_start_steps``, ...); default the shipped twin.
         intersections: intersectional groups added to every batch (``[["race", "sex"]]``).
-        kwargs: further :class:`~fairvlm_lightning.data.ImageTextDataModule` arguments
-            (``batch_size``, ``max_length``, ``drop_bad_pairs``, ...).
+        batch_size: training batch size.
+        eval_batch_size: val/test/predict batch size (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        max_length: token length of the reports.
+        balance_attribute: draw training batches balanced over this attribute's groups.
+        drop_bad_pairs: train without the planted bad pairs (the clean-data oracle).
     """
 
     def __init__(
