@@ -251,10 +251,8 @@ def _resolve_config_args(args: list[str]) -> list[str]:
     return out
 
 
-def _reported_groups(
-    model: Any, datamodule: Any
-) -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
-    """The attributes the module's test metrics report (intersections last), and group names.
+def _reported_groups(model: Any, datamodule: Any) -> dict[str, tuple[str, ...]]:
+    """Display names of the groups of every attribute the test metrics report (intersections last).
 
     Names come from the data module (``group_names``: its string codes, FairVLMed's names)
     over FairVLMed's defaults; an intersection's cells join their groups' names.
@@ -264,8 +262,7 @@ def _reported_groups(
     intersections = list(getattr(metrics, "intersections", None) or [])
     known: dict[str, Sequence[str]] = dict(GROUP_NAMES)
     known.update(getattr(datamodule, "group_names", None) or {})
-    names = reported_group_names(base, intersections, known)
-    return {a: len(groups) for a, groups in names.items()}, names
+    return reported_group_names(base, intersections, known)
 
 
 def _output_names(
@@ -773,13 +770,13 @@ class FairVLMCLI(LightningCLI):
     ) -> None:
         if not self._cfg().get("print_table", True):
             return
-        attributes, _ = _reported_groups(self.model, self.datamodule)
+        names = _reported_groups(self.model, self.datamodule)
         values = {k: _value(metrics, k) for k in metrics if k.startswith(f"{stage}/")}
         self.test_results = values
         # On every rank: ``Trainer.log_dir`` broadcasts rank 0's folder under DDP, so asking for
         # it on rank 0 alone would leave the collective half-joined.
         log_dir = self.trainer.log_dir
-        self._print_report(stage, values, attributes, train or {}, log_dir)
+        self._print_report(stage, values, names, train or {}, log_dir)
 
     def _evaluated(self) -> dict[str, Any]:
         """What the metrics are of: ``ckpt_path`` (or ``None``) and ``initial_weights``."""
@@ -818,13 +815,13 @@ class FairVLMCLI(LightningCLI):
         self,
         stage: str,
         values: dict[str, float],
-        attributes: Mapping[str, int],
+        names: Mapping[str, Sequence[str]],
         train: Mapping[str, Any],
         log_dir: str | None,
     ) -> None:
         trainer = self.trainer
+        attributes = {a: len(groups) for a, groups in names.items()}
         print()
-        _, names = _reported_groups(self.model, self.datamodule)
         print(fairness_table(values, attributes, prefix=stage, group_names=names))
         outputs = _output_names(self.model, self.datamodule)
         if outputs is not None:
